@@ -1,0 +1,89 @@
+"""Photos and image files in, the most likely species out; /top5 for five of them.
+
+A photo is classified from the largest size Telegram offers. A file sent as a document
+goes through the same pipeline. Whether it is an image is decided by decoding its
+content, not by its name or MIME type, and a file that is not an image gets a message
+saying what to send. `/top5` works in three ways: as the caption of a photo, as a reply
+to a photo (or to the bot's answer), and alone for the person's last photo in that chat.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from telegram import Message, MessageEntity, Update
+from telegram.ext import Application, CommandHandler, ContextTypes, MessageHandler, filters
+
+from bot.answers import DEFAULT_TOP_K, TOP5_K, answer_image, answer_stored, message_image
+from bot.context import get_bot_context
+from bot.handlers.language import user_language
+from bot.i18n import text
+
+logger = logging.getLogger(__name__)
+
+TOP5_COMMAND = "top5"
+# New messages only: edited messages and channel posts are not classified.
+PHOTO_FILTER = filters.UpdateType.MESSAGE & filters.PHOTO
+DOCUMENT_FILTER = filters.UpdateType.MESSAGE & filters.Document.ALL
+
+
+def caption_requests_top5(message: Message, bot_username: str | None) -> bool:
+    """Return whether the caption carries `/top5` (or `/top5@<this bot>`)."""
+    for command in message.parse_caption_entities([MessageEntity.BOT_COMMAND]).values():
+        name, _, addressee = command[1:].partition("@")
+        if name.lower() == TOP5_COMMAND and (not addressee or addressee.lower() == (bot_username or "").lower()):
+            return True
+    return False
+
+
+async def image_message(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """Classify a photo, or a file that may be an image, and reply with the answer."""
+    message = update.message
+    image = message_image(message)
+    if message is None or image is None:
+        return
+    bot_context = get_bot_context(context)
+    lang = await user_language(bot_context, message.from_user)
+    k = TOP5_K if caption_requests_top5(message, context.bot.username) else DEFAULT_TOP_K
+    await answer_image(bot_context, context.bot, message, image, k=k, lang=lang)
+
+
+async def top5_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """Reply with the five most likely species for the photo replied to, or for the last photo."""
+    message = update.effective_message
+    user = update.effective_user
+    if message is None or user is None:
+        return
+    bot_context = get_bot_context(context)
+    repository = bot_context.repository
+    lang = await user_language(bot_context, user)
+
+    target = message.reply_to_message
+    if target is not None:
+        row = await repository.get_prediction_by_message(message.chat_id, target.message_id)
+        if row is None:
+            row = await repository.get_prediction_by_reply(message.chat_id, target.message_id)
+        if row is not None:
+            await answer_stored(bot_context, context.bot, row, message, k=TOP5_K, lang=lang)
+            return
+        image = message_image(target)
+        if image is not None:
+            # The photo was never classified (sent before the bot ran, or by someone else in a group).
+            sender = target.from_user
+            owner_id = sender.id if sender is not None and not sender.is_bot else user.id
+            await answer_image(
+                bot_context, context.bot, target, image, k=TOP5_K, lang=lang, owner_id=owner_id, reply_to=message
+            )
+            return
+
+    row = await repository.latest_prediction(user.id, message.chat_id)
+    if row is None:
+        await message.reply_text(text("top5.no_photo", lang), do_quote=True)
+        return
+    await answer_stored(bot_context, context.bot, row, message, k=TOP5_K, lang=lang)
+
+
+def register(application: Application) -> None:
+    """Add the photo, document and /top5 handlers."""
+    application.add_handler(MessageHandler(PHOTO_FILTER | DOCUMENT_FILTER, image_message))
+    application.add_handler(CommandHandler(TOP5_COMMAND, top5_command))

@@ -1,0 +1,1 @@
+"""Message catalogs, one module per feature; `bot.i18n` merges them."""

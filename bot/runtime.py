@@ -1,0 +1,196 @@
+"""Start and stop the whole bot: database, model, Telegram application, HTTP server.
+
+    async with BotRuntime(settings) as runtime:
+        await stop_event.wait()
+
+`start()` upgrades the database to the newest migration and loads and warms up the
+model bundle. It then builds and starts the python-telegram-bot `Application`, publishes
+the command menus, and receives updates by long polling, or through the webhook on the
+HTTP server when WEBHOOK_URL is set. `stop()` undoes it in reverse order and lets the
+updates and HTTP requests in flight finish first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from telegram import Update
+from telegram.error import InvalidToken
+from telegram.ext import Application
+
+from bot.app import build_application
+from bot.commands import set_command_menus
+from bot.context import BotContext
+from bot.settings import Settings
+from classifier.bundle import BundleError
+from classifier.service import ClassifierService
+from storage.db import create_engine, new_session_factory, upgrade_database_async
+from storage.images import ImageStore
+from storage.repository import Repository
+
+logger = logging.getLogger(__name__)
+
+# Seconds a long poll waits at Telegram for updates before it returns empty.
+POLL_TIMEOUT_S = 10
+
+
+class StartupError(Exception):
+    """A setting that prevents start-up. The message is one line that names the setting and how to fix it."""
+
+
+def new_bundle_hint() -> str:
+    return "for example run `python -m classifier new-bundle --classes ../shared/data/flowers5 --out models/demo` and set MODEL_PATH=models/demo"
+
+
+def check_model_path(settings: Settings) -> None:
+    """Raise `StartupError` unless MODEL_PATH is a directory with a `bundle.json`."""
+    if not (settings.model_path / "bundle.json").is_file():
+        raise StartupError(f"MODEL_PATH={settings.model_path} is not a model bundle (no bundle.json there): {new_bundle_hint()}")
+
+
+class BotRuntime:
+    """The running bot process: owns the engine, the classifier service, the application and the HTTP server.
+
+    `service` replaces the model that `settings.model_path` names; tests pass one whose
+    inference they control. The runtime closes whatever service it uses when it stops.
+    """
+
+    def __init__(self, settings: Settings, *, service: ClassifierService | None = None) -> None:
+        self.settings = settings
+        self._service = service
+        self._engine: Any = None
+        self._bot_context: BotContext | None = None
+        self._application: Application | None = None
+        self._http_runner: Any = None
+        self._webhook_started = False
+        self._started = False
+
+    @property
+    def context(self) -> BotContext:
+        """The shared services handlers use; available once `start()` has built them."""
+        if self._bot_context is None:
+            raise RuntimeError("the bot runtime is not started")
+        return self._bot_context
+
+    @property
+    def application(self) -> Application:
+        """The python-telegram-bot application; available once `start()` has built it."""
+        if self._application is None:
+            raise RuntimeError("the bot runtime is not started")
+        return self._application
+
+    @property
+    def running(self) -> bool:
+        return self._started
+
+    async def start(self) -> None:
+        """Bring every part up; on failure, close what was started and re-raise."""
+        settings = self.settings
+        logger.info("starting flowerbot")
+        try:
+            if self._service is None:
+                check_model_path(settings)
+            await upgrade_database_async(settings.resolved_database_url)
+            self._engine = create_engine(settings.resolved_database_url)
+            repository = Repository(new_session_factory(self._engine))
+            images = ImageStore(settings.photos_dir)
+            service = self._service or await self._load_service()
+            self._service = service
+
+            self._bot_context = BotContext(settings=settings, service=service, repository=repository, images=images)
+            self._application = build_application(settings, self._bot_context)
+            try:
+                await self._application.initialize()
+            except InvalidToken:
+                # python-telegram-bot puts the token into this error's message, so the message is dropped.
+                raise StartupError(
+                    "TELEGRAM_BOT_TOKEN was rejected by the Bot API (Unauthorized): set it to the token @BotFather gave your bot"
+                ) from None
+            await set_command_menus(self._application.bot, settings.admin_ids)
+            await self._application.start()
+
+            if settings.http_port:
+                # The HTTP API (/predict, /healthz, /readyz, /metrics, and the webhook route).
+                from bot.http_api import start_http_server
+
+                self._http_runner = await start_http_server(self)
+            if settings.webhook_url:
+                from bot.webhook import start_webhook
+
+                await start_webhook(self)
+                self._webhook_started = True
+            else:
+                await self._application.updater.start_polling(
+                    poll_interval=0.0,
+                    timeout=POLL_TIMEOUT_S,
+                    allowed_updates=Update.ALL_TYPES,
+                    drop_pending_updates=False,
+                )
+        except BaseException as error:
+            if not isinstance(error, StartupError):
+                logger.error("start-up failed (%s); stopping what was started", type(error).__name__)
+            await self.stop()
+            raise
+        self._started = True
+        logger.info("flowerbot is running as @%s (%s)", self._application.bot.username, "webhook" if settings.webhook_url else "long polling")
+
+    async def _load_service(self) -> ClassifierService:
+        settings = self.settings
+        model_path = settings.model_path
+        logger.info("loading model bundle %s on %s (%s backend)", model_path, settings.device, settings.backend)
+        try:
+            return await asyncio.to_thread(
+                ClassifierService.from_path,
+                model_path,
+                backend_kind=settings.backend,
+                device=settings.device,
+                precision=settings.precision,
+                max_batch=settings.batch_max_size,
+                max_wait_s=settings.batch_max_wait_ms / 1000.0,
+                workers=settings.inference_workers,
+                max_pixels=settings.max_image_pixels,
+                warmup=True,
+            )
+        except BundleError as error:
+            raise StartupError(f"MODEL_PATH={model_path} could not be loaded: {error}") from error
+
+    async def stop(self) -> None:
+        """Stop receiving updates, finish those in flight, then close the application, model and database.
+
+        Safe to call more than once and after a failed `start()`.
+        """
+        self._started = False
+        application = self._application
+        if application is not None and application.updater is not None and application.updater.running:
+            await application.updater.stop()
+        if self._webhook_started:
+            from bot.webhook import stop_webhook
+
+            await stop_webhook(self)
+            self._webhook_started = False
+        if self._http_runner is not None:
+            from bot.http_api import stop_http_server
+
+            await stop_http_server(self._http_runner)
+            self._http_runner = None
+        if application is not None:
+            if application.running:
+                # Waits for the updates that are being handled.
+                await application.stop()
+            await application.shutdown()
+            self._application = None
+        if self._service is not None:
+            await self._service.close()
+        if self._engine is not None:
+            await self._engine.dispose()
+            self._engine = None
+        logger.info("flowerbot stopped")
+
+    async def __aenter__(self) -> BotRuntime:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()

@@ -1,0 +1,107 @@
+"""Bot settings, read from the environment and `.env` through pydantic-settings."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """All runtime settings. Each field maps to the upper-case environment variable of its name."""
+
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    # Telegram
+    telegram_bot_token: SecretStr
+    telegram_base_url: str = "https://api.telegram.org/bot"
+    telegram_base_file_url: str = "https://api.telegram.org/file/bot"
+    admin_ids: Annotated[frozenset[int], NoDecode] = frozenset()
+    webhook_url: str | None = None
+    webhook_secret: SecretStr | None = None
+    webhook_path: str = "/telegram/webhook"
+    # Secret for signing callback data. When unset, a key is derived from the bot token.
+    callback_secret: SecretStr | None = None
+
+    # Storage
+    data_dir: Path = Path("./data")
+    database_url: str | None = None
+
+    # Model and inference
+    model_path: Path
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    backend: Literal["torch", "onnx"] = "torch"
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    batch_max_size: int = Field(default=16, ge=1, le=256)
+    batch_max_wait_ms: float = Field(default=5.0, ge=0.0, le=1000.0)
+    inference_workers: int = Field(default=1, ge=1, le=16)
+    max_image_pixels: int = Field(default=40_000_000, ge=1)
+    confidence_sure: float = Field(default=0.80, gt=0.0, le=1.0)
+    confidence_likely: float = Field(default=0.50, gt=0.0, le=1.0)
+
+    # Abuse limits: photos per person per minute.
+    rate_limit_per_minute: int = Field(default=20, ge=1)
+
+    # HTTP API. HTTP_PORT=0 turns the server off.
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(default=8080, ge=0, le=65535)
+    api_token: SecretStr | None = None
+    max_request_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
+
+    # Logging
+    log_level: str = "INFO"
+    log_json: bool = False
+
+    # Retraining
+    retrain_base_data: str | None = None
+    retrain_epochs: int = Field(default=10, ge=1)
+    retrain_batch_size: int = Field(default=64, ge=1)
+    retrain_lr: float = Field(default=5e-4, gt=0.0)
+    retrain_views: int = Field(default=2, ge=1)
+    retrain_holdout_fraction: float = Field(default=0.2, gt=0.0, lt=1.0)
+    retrain_seed: int = 0
+    # A recipe file (JSON or YAML, as `python -m training train --config`) under the RETRAIN_* values above.
+    retrain_recipe_config: Path | None = None
+    # A candidate passes a gate split with up to floor(tolerance * photos) fewer correct answers than the serving model.
+    retrain_gate_tolerance: float = Field(default=0.0, ge=0.0, lt=1.0)
+    # Seconds between edits of the progress message; Telegram allows about 20 messages a minute in a group.
+    retrain_progress_interval_s: float = Field(default=3.0, ge=1.0)
+    retrain_device: Literal["auto", "cpu", "cuda"] = "auto"
+    # Torch threads of the training process; unset leaves torch's default (every usable CPU).
+    retrain_threads: int | None = Field(default=None, ge=1)
+
+    @field_validator("admin_ids", mode="before")
+    @classmethod
+    def _parse_admin_ids(cls, value: object) -> object:
+        """Accept a comma-separated string such as `123, 456` as well as a list of ids."""
+        if isinstance(value, str):
+            parts = [part.strip() for part in value.split(",") if part.strip()]
+            try:
+                return frozenset(int(part) for part in parts)
+            except ValueError as error:
+                raise ValueError(f"ADMIN_IDS must be comma-separated integers, got {value!r}") from error
+        return value
+
+    @property
+    def resolved_database_url(self) -> str:
+        """Return DATABASE_URL, or a SQLite file in DATA_DIR when it is unset."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'flowerbot.db').resolve()}"
+
+    @property
+    def photos_dir(self) -> Path:
+        return self.data_dir / "photos"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.data_dir / "models"
+
+
+@functools.cache
+def get_settings() -> Settings:
+    """Return the process-wide settings, read once."""
+    return Settings()  # type: ignore[call-arg]

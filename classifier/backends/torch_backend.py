@@ -1,0 +1,146 @@
+"""PyTorch inference backend: CUDA when present, else CPU with bf16 autocast where the CPU has bf16 instructions."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import threading
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from classifier.backends.base import available_cpus, check_batch
+from classifier.bundle import Bundle
+
+logger = logging.getLogger(__name__)
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+_BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+
+# torch.set_num_threads is process-wide, so it is set once, by the first backend.
+_threads_lock = threading.Lock()
+_threads_configured = False
+
+
+@functools.cache
+def cpu_has_bf16() -> bool:
+    """Return whether the CPU has native bf16 instructions (AVX512-BF16 or AMX-BF16).
+
+    `torch.backends.cpu.get_cpu_capability()` reports only the vector ISA level
+    (for example `AVX512`), and oneDNN accepts bf16 on any AVX512 CPU through
+    slow emulation, so the flags in /proc/cpuinfo are what decides. Without
+    /proc/cpuinfo (not Linux), this returns False and `auto` picks fp32.
+    """
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        logger.info("cannot read /proc/cpuinfo; assuming no bf16 instructions (capability %s)",
+                    torch.backends.cpu.get_cpu_capability())
+        return False
+    flags: set[str] = set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            flags.update(line.split(":", 1)[1].split())
+            break
+    return any(flag in flags for flag in _BF16_CPU_FLAGS)
+
+
+def resolve_device(device: str) -> torch.device:
+    """Map `auto`, `cpu`, `cuda` or `cuda:N` to a torch device; `auto` prefers CUDA."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"DEVICE={device} was requested but CUDA is not available; use auto or cpu")
+    if resolved.type not in ("cpu", "cuda"):
+        raise ValueError(f"unsupported device {device!r}; expected auto, cpu or cuda")
+    return resolved
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """Pick `fp32`, `bf16` or `fp16` for `device`; `auto` is bf16 where the hardware runs it natively."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
+    if device.type == "cuda":
+        if precision == "auto":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return precision
+    if precision == "fp16":
+        raise ValueError("fp16 is only supported on CUDA; use fp32 or bf16 on the CPU")
+    if precision == "auto":
+        return "bf16" if cpu_has_bf16() else "fp32"
+    return precision
+
+
+def configure_cpu_threads(num_threads: int | None = None) -> int:
+    """Set torch's intra-op thread count to the CPUs this process may use (once per process)."""
+    global _threads_configured
+    threads = num_threads or available_cpus()
+    with _threads_lock:
+        if not _threads_configured or num_threads is not None:
+            torch.set_num_threads(threads)
+            _threads_configured = True
+            logger.info("torch uses %d intra-op threads", threads)
+    return torch.get_num_threads()
+
+
+class TorchBackend:
+    """A bundle's FlowerNet on one torch device, run in inference mode."""
+
+    def __init__(
+        self,
+        bundle: Bundle,
+        device: str = "auto",
+        precision: str = "auto",
+        *,
+        num_threads: int | None = None,
+        channels_last: bool = True,
+    ) -> None:
+        self.device = resolve_device(device)
+        self.precision = resolve_precision(precision, self.device)
+        self.name = "torch"
+        self.num_classes = bundle.num_classes
+        self.version = bundle.version
+        if self.device.type == "cpu":
+            self.num_threads = configure_cpu_threads(num_threads)
+        else:
+            self.num_threads = torch.get_num_threads()
+        # channels_last lets oneDNN (CPU) and cuDNN (CUDA) pick their fastest
+        # convolution layouts for ConvNeXt's 7x7 depthwise convolutions.
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+
+        model = bundle.build_torch_model()
+        self.model = model.to(self.device, memory_format=self.memory_format).eval()
+        logger.info(
+            "torch backend ready: bundle %s, device %s, precision %s, %d threads",
+            bundle.version, self.device, self.precision, self.num_threads,
+        )
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=_DTYPES[self.precision])
+
+    def logits(self, batch: np.ndarray) -> np.ndarray:
+        """Return float32 logits (N, num_classes) for a float32 batch (N, 3, H, W)."""
+        batch = check_batch(batch)
+        with torch.inference_mode():
+            inputs = torch.from_numpy(batch).to(self.device, non_blocking=True)
+            inputs = inputs.contiguous(memory_format=self.memory_format)
+            with self._autocast():
+                outputs = self.model(inputs)
+            return outputs.float().cpu().numpy()
+
+    def warmup(self, batch_size: int = 1, image_size: int = 224) -> None:
+        """Run one dummy batch so that the first real request does not pay for kernel selection."""
+        self.logits(np.zeros((batch_size, 3, image_size, image_size), dtype=np.float32))
+
+    def close(self) -> None:
+        """Release the model; CUDA memory is returned to the driver."""
+        self.model = None
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        logger.info("torch backend for bundle %s closed", self.version)

@@ -1,0 +1,254 @@
+"""Label sets: the ordered classes a model predicts, with display names per language.
+
+A `LabelSet` maps output index `i` of a model to a stable class id (a folder name,
+a line of a text file, or an Oxford 102 name) and to display names in English
+(`en`) and Simplified Chinese (`zh`). A set may carry only one language, and
+`display_name` then falls back to the language it has.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+LANGUAGES = ("en", "zh")
+DEFAULT_LANGUAGE = "en"
+
+# Chinese names for class folder names that are common outside Oxford 102,
+# such as the five classes of the TensorFlow flowers data set. Oxford 102
+# names are looked up in classifier/data/oxford102.json as well.
+COMMON_CHINESE_NAMES = {
+    "daisy": "雏菊",
+    "dandelion": "蒲公英",
+    "roses": "玫瑰",
+    "rose": "玫瑰",
+    "sunflowers": "向日葵",
+    "sunflower": "向日葵",
+    "tulips": "郁金香",
+    "tulip": "郁金香",
+}
+
+_IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".heic", ".heif"}
+
+
+class LabelSetError(ValueError):
+    """A label file or directory that cannot be read as a label set."""
+
+
+def normalize_language(lang: str | None) -> str:
+    """Reduce a language tag such as `zh-hans` or `en_US` to its primary subtag (`zh`, `en`)."""
+    if not lang:
+        return DEFAULT_LANGUAGE
+    return lang.replace("_", "-").split("-", 1)[0].lower()
+
+
+def _lookup_key(name: str) -> str:
+    return " ".join(name.replace("_", " ").replace("-", " ").lower().split())
+
+
+@functools.cache
+def _known_chinese_names() -> dict[str, str]:
+    """Return English name -> Chinese name for Oxford 102 and the common folder names."""
+    known = {_lookup_key(english): chinese for english, chinese in COMMON_CHINESE_NAMES.items()}
+    for entry in _read_oxford102_entries():
+        known.setdefault(_lookup_key(entry["names"]["en"]), entry["names"]["zh"])
+    return known
+
+
+@functools.cache
+def _read_oxford102_entries() -> tuple[dict[str, Any], ...]:
+    text = resources.files("classifier").joinpath("data/oxford102.json").read_text(encoding="utf-8")
+    return tuple(json.loads(text)["classes"])
+
+
+@dataclass(frozen=True)
+class LabelSet:
+    """Ordered class ids with display names per language.
+
+    `names[lang][i]` is the display name of class `i` in `lang`; an empty string
+    marks a name that is unknown in that language.
+    """
+
+    class_ids: tuple[str, ...]
+    names: Mapping[str, tuple[str, ...]]
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "class_ids", tuple(self.class_ids))
+        object.__setattr__(self, "names", MappingProxyType({lang: tuple(names) for lang, names in self.names.items()}))
+        if not self.class_ids:
+            raise LabelSetError("a label set needs at least one class")
+        duplicates = sorted({cid for cid in self.class_ids if self.class_ids.count(cid) > 1})
+        if duplicates:
+            raise LabelSetError(f"duplicate class ids in label set: {', '.join(duplicates)}")
+        if any(not cid.strip() for cid in self.class_ids):
+            raise LabelSetError("class ids must not be empty")
+        for lang, names in self.names.items():
+            if len(names) != len(self.class_ids):
+                raise LabelSetError(
+                    f"label set has {len(self.class_ids)} classes but {len(names)} names in language {lang!r}"
+                )
+
+    def __hash__(self) -> int:
+        return hash((self.class_ids, tuple(sorted(self.names.items()))))
+
+    # Construction
+
+    @classmethod
+    def from_names(cls, names: Iterable[str], *, source: str = "") -> LabelSet:
+        """Build a label set from class names, adding Chinese names where they are known."""
+        class_ids = tuple(name.strip() for name in names)
+        english = tuple(cid.replace("_", " ") for cid in class_ids)
+        known = _known_chinese_names()
+        chinese = tuple(known.get(_lookup_key(cid), "") for cid in class_ids)
+        display: dict[str, tuple[str, ...]] = {"en": english}
+        if any(chinese):
+            display["zh"] = chinese
+        return cls(class_ids=class_ids, names=display, source=source)
+
+    @classmethod
+    def from_path(cls, path: str | Path) -> LabelSet:
+        """Read a label set from a text file, a JSON label file or an ImageFolder directory.
+
+        - a directory: its subfolders are the classes, sorted by name as
+          torchvision's `ImageFolder` sorts them. When the directory has a
+          `train/` subfolder, the classes are read from there.
+        - `*.json`: the format `to_dict` writes, or a plain list of names.
+        - any other file: one class name per line; blank lines and lines that
+          start with `#` are skipped.
+        """
+        path = Path(path)
+        if not path.exists():
+            raise LabelSetError(f"label path not found: {path}")
+        if path.is_dir():
+            return cls._from_image_folder(path)
+        if path.suffix.lower() == ".json":
+            return cls._from_json_file(path)
+        return cls._from_text_file(path)
+
+    @classmethod
+    def _from_image_folder(cls, path: Path) -> LabelSet:
+        root = path / "train" if (path / "train").is_dir() else path
+        class_dirs = sorted(entry.name for entry in root.iterdir() if entry.is_dir() and not entry.name.startswith("."))
+        if not class_dirs:
+            has_images = any(entry.suffix.lower() in _IMAGE_SUFFIXES for entry in root.iterdir())
+            hint = " (it contains images directly; put each class in its own subfolder)" if has_images else ""
+            raise LabelSetError(f"no class subfolders in image folder {root}{hint}")
+        return cls.from_names(class_dirs, source=str(root))
+
+    @classmethod
+    def _from_text_file(cls, path: Path) -> LabelSet:
+        try:
+            text = path.read_text(encoding="utf-8-sig")
+        except UnicodeDecodeError as error:
+            raise LabelSetError(f"label file {path} is not UTF-8 text: {error}") from error
+        names = [line.strip() for line in text.splitlines()]
+        names = [name for name in names if name and not name.startswith("#")]
+        if not names:
+            raise LabelSetError(f"label file {path} has no class names; write one name per line")
+        return cls.from_names(names, source=str(path))
+
+    @classmethod
+    def _from_json_file(cls, path: Path) -> LabelSet:
+        try:
+            document = json.loads(path.read_text(encoding="utf-8-sig"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise LabelSetError(f"label file {path} is not valid JSON: {error}") from error
+        if isinstance(document, list) and all(isinstance(item, str) for item in document):
+            return cls.from_names(document, source=str(path))
+        labels = cls.from_dict(document)
+        return cls(class_ids=labels.class_ids, names=labels.names, source=str(path))
+
+    @classmethod
+    def oxford102(cls) -> LabelSet:
+        """Return the 102 Oxford Flowers classes in torchvision's `Flowers102` label order."""
+        return cls.from_dict({"classes": list(_read_oxford102_entries()), "source": "oxford102"})
+
+    # Serialization
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-ready dict: `{"source": ..., "classes": [{"id": ..., "names": {lang: name}}]}`."""
+        classes = []
+        for index, class_id in enumerate(self.class_ids):
+            names = {lang: names[index] for lang, names in self.names.items() if names[index]}
+            classes.append({"id": class_id, "names": names})
+        return {"source": self.source, "classes": classes}
+
+    @classmethod
+    def from_dict(cls, document: Mapping[str, Any]) -> LabelSet:
+        """Build a label set from the dict `to_dict` returns.
+
+        Each class entry may also be a plain string, or carry its names as
+        top-level `en` / `zh` keys.
+        """
+        if not isinstance(document, Mapping) or not isinstance(document.get("classes"), list):
+            raise LabelSetError('a label dict needs a "classes" list')
+        class_ids: list[str] = []
+        per_class_names: list[dict[str, str]] = []
+        for position, entry in enumerate(document["classes"]):
+            if isinstance(entry, str):
+                entry = {"id": entry}
+            if not isinstance(entry, Mapping):
+                raise LabelSetError(f"class entry {position} must be a string or an object, got {entry!r}")
+            names = dict(entry.get("names") or {})
+            for lang in LANGUAGES:
+                if isinstance(entry.get(lang), str):
+                    names.setdefault(lang, entry[lang])
+            class_id = entry.get("id") or names.get("en")
+            if not isinstance(class_id, str) or not class_id.strip():
+                raise LabelSetError(f'class entry {position} has no "id"')
+            class_ids.append(class_id)
+            per_class_names.append({normalize_language(lang): str(name).strip() for lang, name in names.items()})
+
+        languages = sorted({lang for names in per_class_names for lang, name in names.items() if name})
+        if not languages:
+            # Names default to the class ids, so a list of ids is a valid English label set.
+            per_class_names = [{"en": class_id.replace("_", " ")} for class_id in class_ids]
+            languages = ["en"]
+        display = {lang: tuple(names.get(lang, "") for names in per_class_names) for lang in languages}
+        return cls(class_ids=tuple(class_ids), names=display, source=str(document.get("source", "")))
+
+    # Lookup
+
+    def __len__(self) -> int:
+        return len(self.class_ids)
+
+    @property
+    def languages(self) -> tuple[str, ...]:
+        """Languages that have at least one display name."""
+        return tuple(lang for lang, names in self.names.items() if any(names))
+
+    def index_of(self, class_id: str) -> int:
+        """Return the output index of `class_id`; raise `KeyError` when the set lacks it."""
+        try:
+            return self.class_ids.index(class_id)
+        except ValueError:
+            raise KeyError(f"class id {class_id!r} is not in this label set") from None
+
+    def display_name(self, index: int, lang: str | None = DEFAULT_LANGUAGE) -> str:
+        """Return the name of class `index` in `lang`, falling back to English, then any language, then the id."""
+        if not 0 <= index < len(self.class_ids):
+            raise IndexError(f"class index {index} is out of range for {len(self.class_ids)} classes")
+        for candidate in (normalize_language(lang), DEFAULT_LANGUAGE, *self.names):
+            names = self.names.get(candidate)
+            if names and names[index]:
+                return names[index]
+        return self.class_ids[index]
+
+    def display_names(self, lang: str | None = DEFAULT_LANGUAGE) -> list[str]:
+        """Return every display name in `lang`, in index order, with the same fallback as `display_name`."""
+        return [self.display_name(index, lang) for index in range(len(self.class_ids))]
+
+    def matches(self, other: LabelSet | Sequence[str]) -> bool:
+        """Return whether `other` has the same class ids in the same order."""
+        other_ids = other.class_ids if isinstance(other, LabelSet) else tuple(other)
+        return tuple(other_ids) == self.class_ids

@@ -1,0 +1,7 @@
+"""Shared pytest configuration. Fixtures live in tests/fixtures/, one module per concern."""
+
+pytest_plugins = [
+    "tests.fixtures.data",
+    "tests.fixtures.database",
+    "tests.fixtures.bot",
+]

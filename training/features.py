@@ -1,0 +1,248 @@
+"""The frozen-backbone fast path: cache pooled backbone features, then train the head on them.
+
+With a frozen backbone in eval mode, the head sees `backbone(view)` for each
+training view, and that value never changes during training. So the
+backbone runs once per view: K seeded augmented views per training image and
+one center-crop view per validation image, 768 floats each. Each epoch then
+draws one of the K cached views per image, and an epoch of head training
+costs milliseconds instead of a full backbone pass.
+
+View `v` of sample `i` is rendered with the seed `view_seed(seed, i, v)`, the
+same seed the plain path uses when `fixed_views` is set, so both paths train
+the same head from the same views (see tests/test_training_features.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from training.distributed import DistributedContext, gather_sharded
+from training.engine import (
+    EpochAccumulator,
+    EpochSampler,
+    EpochStats,
+    autocast,
+    batched,
+    check_cancelled,
+    frozen_features,
+    progress_bar,
+    train_step,
+)
+from training.progress import ProgressReporter
+from training.recipe import Recipe
+
+logger = logging.getLogger(__name__)
+
+CACHE_FORMAT = 1
+
+
+@torch.inference_mode()
+def run_batches(
+    forward: Callable[[torch.Tensor], torch.Tensor],
+    dataset: Dataset,
+    keys: Sequence,
+    *,
+    device: torch.device,
+    batch_size: int,
+    workers: int,
+    context: DistributedContext | None = None,
+    reporter: ProgressReporter | None = None,
+    show_progress_bar: bool = True,
+    description: str = "features",
+    should_stop: Callable[[], bool] | None = None,
+) -> torch.Tensor:
+    """Return `forward(images)` for every dataset key, as float32 rows on the CPU in key order.
+
+    Across processes each rank computes every world_size-th key and the rows
+    are gathered on every rank.
+    """
+    context = context or DistributedContext()
+    local_keys = list(keys)[context.rank :: context.world_size]
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=local_keys,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+    )
+    rows: list[torch.Tensor] = []
+    done = 0
+    total = len(keys)
+    batches = progress_bar(loader, total=len(loader), desc=description, enabled=show_progress_bar and context.is_main)
+    for images, _ in batches:
+        check_cancelled(should_stop)
+        rows.append(forward(images.to(device, non_blocking=True)).float().cpu())
+        done += len(images) * context.world_size
+        if reporter is not None:
+            reporter.step(description, min(done, total), total)
+    local = torch.cat(rows) if rows else torch.empty((0, 0))
+    return gather_sharded(context, len(keys), local)
+
+
+def extract_features(model: nn.Module, dataset: Dataset, keys: Sequence, *, device: torch.device, precision: str, **options) -> torch.Tensor:
+    """Return pooled backbone features (len(keys), 768) of the dataset items named by `keys`, backbone in eval mode."""
+    was_training = model.training
+    model.eval()
+    try:
+        return run_batches(
+            lambda images: frozen_features(model, images, device=device, precision=precision),
+            dataset,
+            keys,
+            device=device,
+            **options,
+        )
+    finally:
+        model.train(was_training)
+
+
+def predict_logits(model: nn.Module, dataset: Dataset, keys: Sequence, *, device: torch.device, precision: str, **options) -> torch.Tensor:
+    """Return logits (len(keys), C) in eval mode: backbone under autocast, head in float32 as on cached features."""
+    was_training = model.training
+    model.eval()
+    try:
+        return run_batches(
+            lambda images: model.forward_head(frozen_features(model, images, device=device, precision=precision)),
+            dataset,
+            keys,
+            device=device,
+            **options,
+        )
+    finally:
+        model.train(was_training)
+
+
+@dataclasses.dataclass
+class FeatureCache:
+    """Cached backbone features.
+
+    `train` is (N, K, 768): K augmented views per training image. `val` is
+    (M, 768): the center-crop evaluation view. `fingerprint` identifies the
+    backbone weights, the samples and the view recipe that produced them.
+    """
+
+    train: torch.Tensor
+    train_labels: torch.Tensor
+    val: torch.Tensor
+    val_labels: torch.Tensor
+    fingerprint: str
+
+    @property
+    def views(self) -> int:
+        return self.train.shape[1]
+
+    def save(self, path: Path) -> None:
+        """Write the cache atomically (a temporary file renamed into place)."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(path.name + ".tmp")
+        torch.save({"format": CACHE_FORMAT, **dataclasses.asdict(self)}, temporary)
+        os.replace(temporary, path)
+
+    @classmethod
+    def load(cls, path: Path, fingerprint: str) -> FeatureCache | None:
+        """Return the cache stored at `path` when its fingerprint matches, else None."""
+        if not path.is_file():
+            return None
+        try:
+            stored = torch.load(path, map_location="cpu", weights_only=True)
+        except (OSError, RuntimeError, EOFError) as error:
+            logger.warning("ignoring unreadable feature cache %s: %s", path, error)
+            return None
+        if stored.get("format") != CACHE_FORMAT or stored.get("fingerprint") != fingerprint:
+            logger.info("feature cache %s was made for other weights, data or views; recomputing", path)
+            return None
+        stored.pop("format")
+        return cls(**stored)
+
+
+def cache_fingerprint(model: nn.Module, train_samples: Sequence, val_samples: Sequence, recipe: Recipe, precision: str) -> str:
+    """Hash everything the cached features depend on: backbone weights, samples, view recipe, precision."""
+    digest = hashlib.sha256()
+    for name, tensor in model.features.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    view_recipe = {
+        key: getattr(recipe, key)
+        for key in (
+            "seed",
+            "views",
+            "crop_size",
+            "resize_size",
+            "crop_scale_min",
+            "hflip_prob",
+            "brightness",
+            "contrast",
+            "rotation_degrees",
+            "interpolation",
+        )
+    }
+    described = {
+        "train": [(str(sample.path), sample.label) for sample in train_samples],
+        "val": [(str(sample.path), sample.label) for sample in val_samples],
+        "recipe": view_recipe,
+        "precision": precision,
+    }
+    digest.update(json.dumps(described, sort_keys=True).encode())
+    return digest.hexdigest()
+
+
+def train_head_epoch(
+    head: nn.Module,
+    cache: FeatureCache,
+    sampler: EpochSampler,
+    *,
+    optimizer: torch.optim.Optimizer,
+    scheduler,
+    recipe: Recipe,
+    device: torch.device,
+    context: DistributedContext | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> EpochStats:
+    """Train the head for one epoch on cached features, one view per drawn sample.
+
+    `head` may be wrapped in DistributedDataParallel; the sampler then holds
+    this rank's share of the keys.
+    """
+    head.train()
+    parameters = [parameter for parameter in head.parameters() if parameter.requires_grad]
+    accumulator = EpochAccumulator()
+    keys = list(sampler)
+    for batch in batched(keys, recipe.batch_size):
+        check_cancelled(should_stop)
+        indices = torch.tensor([index for index, _ in batch], dtype=torch.long)
+        views = torch.tensor([view for _, view in batch], dtype=torch.long)
+        inputs = cache.train[indices, views].to(device)
+        targets = cache.train_labels[indices].to(device)
+        step = train_step(
+            head,
+            inputs,
+            targets,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            parameters=parameters,
+            clip_grad_norm=recipe.clip_grad_norm,
+            label_smoothing=recipe.label_smoothing,
+        )
+        accumulator.add(step)
+    return accumulator.finish(optimizer, context)
+
+
+@torch.inference_mode()
+def head_logits(head: nn.Module, features: torch.Tensor, *, device: torch.device, batch_size: int = 1024) -> torch.Tensor:
+    """Apply the head to cached features in eval mode and return float32 logits on the CPU."""
+    was_training = head.training
+    head.eval()
+    try:
+        outputs = [head(features[start : start + batch_size].to(device)).float().cpu() for start in range(0, len(features), batch_size)]
+    finally:
+        head.train(was_training)
+    return torch.cat(outputs) if outputs else torch.empty((0, 0))
