@@ -15,8 +15,8 @@
 #
 # Output: one line, postgresql+asyncpg://flowerbot:flowerbot@127.0.0.1:<port>/flowerbot
 # The role `flowerbot` (password `flowerbot`) has CREATEDB, which the test fixtures need.
-# Durability is off (fsync, synchronous_commit, full_page_writes): this server holds test
-# data only, and a crash loses nothing anyone needs.
+# Durability is off (fsync, synchronous_commit, full_page_writes) because this server
+# contains test data only, and a crash loses nothing anyone needs.
 set -euo pipefail
 
 PG_ROOT="${FLOWERBOT_PG_ROOT:-/tmp/flowerbot-postgres}"

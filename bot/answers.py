@@ -5,6 +5,12 @@ download it, classify it (decoding and inference run in worker threads inside th
 classifier service), save the bytes in the image store, store the prediction, and only
 then send the answer and record its message id. A prediction is therefore in the
 database before the person sees it. `format_answer` renders the k lines of an answer.
+
+Failures: a file over 20 MB, a failed download and bytes the decoder rejects each get a
+message that says what to do, and leave no saved file and no row. An error while
+storing (after the repository's retries of a locked database) or while replying
+(`Forbidden` from a person who blocked the bot) goes to the global error handler in
+`bot.handlers.errors`, so no answer is ever sent for a prediction that was not stored.
 """
 
 from __future__ import annotations
@@ -19,10 +25,11 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import inspect as sqlalchemy_inspect
 from telegram import Bot, Document, Message, PhotoSize
 from telegram.constants import ChatAction
-from telegram.error import BadRequest, TelegramError
+from telegram.error import BadRequest, Forbidden, InvalidToken, NetworkError, TelegramError
 
 from bot import metrics as metrics_module
 from bot.context import BotContext
+from bot.honesty import Assessment, assess, compose_answer
 from bot.i18n import text
 from bot.keyboards import answer_markup
 from classifier.decode import ImageDecodeError
@@ -41,6 +48,12 @@ MAX_DOWNLOAD_BYTES = 20 * 1024 * 1024
 # Telegram shows a chat action for 5 seconds or until the bot's next message, so it is
 # repeated a little more often than that while the bot works.
 CHAT_ACTION_INTERVAL_S = 4.0
+
+# What a failed download of a file raises: BadRequest when Telegram refuses it (such as
+# "file is too big"), InvalidToken when the file path answers 404 (python-telegram-bot
+# 22 maps 401 and 404 to InvalidToken), NetworkError (and its TimedOut) when the
+# connection fails. Each gets the person a message instead of the generic apology.
+DOWNLOAD_ERRORS: tuple[type[TelegramError], ...] = (BadRequest, InvalidToken, NetworkError)
 
 DECODE_ERROR_MESSAGES = {
     "empty": "photo.empty",
@@ -115,12 +128,20 @@ def species_name(labels: LabelSet, index: int, lang: str) -> str:
     return name
 
 
-def format_answer(labels: LabelSet, ranked: Iterable[tuple[int, float]], lang: str) -> str:
-    """Render one line per `(class index, probability)` pair, in the order given (highest first)."""
+def format_answer(
+    labels: LabelSet, ranked: Iterable[tuple[int, float]], lang: str, *, assessment: Assessment | None = None
+) -> str:
+    """Render one line per `(class index, probability)` pair, in the order given (highest first).
+
+    With an `assessment`, the answer also says how sure it is, whether the photo
+    looks like a known flower at all, and how many album photos it used.
+    """
     lines = [
         text("answer.line", lang, rank=rank, name=species_name(labels, index, lang), percent=format_percent(probability))
         for rank, (index, probability) in enumerate(ranked, start=1)
     ]
+    if assessment is not None:
+        return compose_answer(lines, assessment, labels, lang)
     return "\n".join(lines)
 
 
@@ -168,6 +189,11 @@ async def chat_action(bot: Bot, chat_id: int, action: str = ChatAction.TYPING) -
         while True:
             try:
                 await bot.send_chat_action(chat_id, action)
+            except Forbidden as error:
+                # The person blocked the bot: the reply that follows meets the same error,
+                # and the error handler marks the person inactive and logs it once.
+                logger.debug("sendChatAction to chat %d failed, no longer repeating it: %s", chat_id, error)
+                return
             except TelegramError as error:
                 # The reply that follows meets the same error and reports it.
                 logger.info("sendChatAction to chat %d failed, no longer repeating it: %s", chat_id, error)
@@ -188,7 +214,7 @@ def _metrics(bot_context: BotContext) -> metrics_module.Metrics:
 
 
 async def download_image(bot: Bot, image: IncomingImage) -> bytes:
-    """Download an image from Telegram; raises `BadRequest` when Telegram refuses (as for files over 20 MB)."""
+    """Download an image from Telegram; raises one of `DOWNLOAD_ERRORS` when that fails."""
     telegram_file = await bot.get_file(image.file_id)
     # NOTE: telegram_file.file_path is a URL that contains the bot token; it is never stored or logged.
     return bytes(await telegram_file.download_as_bytearray())
@@ -230,10 +256,10 @@ async def answer_image(
     async with chat_action(bot, message.chat_id):
         try:
             data = await download_image(bot, image)
-        except BadRequest as error:
+        except DOWNLOAD_ERRORS as error:
             logger.warning("message %d in chat %d: download failed: %s", message.message_id, message.chat_id, error)
             _metrics(bot_context).record_error("download_failed")
-            if "too big" in error.message.lower():
+            if isinstance(error, BadRequest) and "too big" in error.message.lower():
                 await reply_too_big(reply_to, image.file_size, lang)
             else:
                 await reply_to.reply_text(text("photo.download_failed", lang), do_quote=True)
@@ -268,7 +294,9 @@ async def answer_image(
             logger.info("prediction %d already has its reply (message %d); skipping a second reply", row.id, row.reply_message_id)
             return row
 
-    answer = format_answer(prediction.labels, ranked_candidates(prediction), lang)
+    answer = format_answer(
+        prediction.labels, ranked_candidates(prediction), lang, assessment=assess(prediction, bot_context.settings)
+    )
     sent = await reply_to.reply_text(answer, reply_markup=answer_markup(bot_context, row, lang), do_quote=True)
     await bot_context.repository.set_reply_message(row.id, sent.message_id)
     logger.info(
@@ -303,7 +331,9 @@ async def answer_stored(
     async with chat_action(bot, reply_to.chat_id):
         prediction = await bot_context.service.classify(data, k)
     _metrics(bot_context).record_prediction(prediction.model_version, prediction.latency_ms / 1000.0)
-    answer = format_answer(prediction.labels, ranked_candidates(prediction), lang)
+    answer = format_answer(
+        prediction.labels, ranked_candidates(prediction), lang, assessment=assess(prediction, bot_context.settings)
+    )
     markup = answer_markup(bot_context, with_top_k(row, top_k_entries(prediction), k), lang)
     await reply_to.reply_text(answer, reply_markup=markup, do_quote=True)
     logger.info("prediction %d: top-%d sent again in chat %d", row.id, k, reply_to.chat_id)

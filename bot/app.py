@@ -8,7 +8,7 @@ from types import ModuleType
 from telegram.ext import AIORateLimiter, Application
 
 from bot.context import RUNTIME_KEY, BotContext
-from bot.handlers import admin_stats, errors, feedback, history, language, photos, start
+from bot.handlers import admin_model, admin_stats, errors, feedback, history, language, other_inputs, photos, reference, start
 from bot.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -21,8 +21,12 @@ HANDLER_MODULES: tuple[ModuleType, ...] = (
     start,
     photos,
     feedback,
+    reference,
     history,
     admin_stats,
+    admin_model,
+    # Its fallback answers only what no module above claims (its own group, FALLBACK_GROUP).
+    other_inputs,
 )
 
 # Seconds. Downloads and uploads of photos up to 20 MB get a longer write timeout.

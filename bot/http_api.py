@@ -73,7 +73,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class ServingRuntime(Protocol):
-    """What the HTTP server needs from the running bot (`bot.runtime.BotRuntime` has both)."""
+    """The part of the running bot that the HTTP server uses; `bot.runtime.BotRuntime` provides both attributes."""
 
     @property
     def context(self) -> BotContext: ...
@@ -309,7 +309,7 @@ async def handle_predict(request: web.Request) -> web.Response:
 
 
 async def handle_healthz(request: web.Request) -> web.Response:
-    """Report that the process is alive and its event loop answers."""
+    """Report that the process is alive and its event loop handles requests."""
     return web.json_response({"status": "ok"})
 
 
@@ -325,7 +325,7 @@ async def _check_database(context: BotContext) -> str | None:
 
 
 async def handle_readyz(request: web.Request) -> web.Response:
-    """Report whether the model is loaded and the database answers; 503 when either is not."""
+    """Report whether the model is loaded and the database runs `SELECT 1`; 503 when either fails."""
     context = _runtime(request).context
     checks: dict[str, str] = {}
 
@@ -395,8 +395,8 @@ async def start_http_server(runtime: ServingRuntime, *, metrics: Metrics | None 
     """Serve `build_http_app(runtime)` on HTTP_HOST:HTTP_PORT and return the runner.
 
     Stop it with `stop_http_server(runner)`, which waits up to SHUTDOWN_TIMEOUT_S for
-    requests in flight. With HTTP_PORT=0 the OS picks a free port; `bound_addresses(runner)`
-    tells which.
+    requests in flight. With HTTP_PORT=0 the OS picks a free port, and `bound_addresses(runner)`
+    returns it.
     """
     settings = runtime.context.settings
     app = build_http_app(runtime, metrics=metrics)

@@ -3,8 +3,8 @@
 `configure_logging` is called once at start-up, before anything logs. Every record that
 reaches the root handler passes `RedactSecretsFilter`, which removes the bot token and
 other configured secrets from the message, its arguments and the formatted traceback.
-The handlers never print a secret on purpose; the filter is a safety net for libraries
-that put request URLs (which contain the token) into exception messages.
+flowerbot's own code does not log secrets. The filter is a safety net for libraries that
+put request URLs, which contain the token, into exception messages.
 """
 
 from __future__ import annotations

@@ -25,8 +25,9 @@ logger = logging.getLogger(__name__)
 
 NAMESPACE = "flowerbot"
 
-# Seconds. A CPU forward pass of ConvNeXt-Tiny takes roughly 20 to 100 ms, so the buckets
-# are dense there; queueing under load and image download push requests to seconds.
+# Bucket bounds in seconds. A CPU forward pass of ConvNeXt-Tiny takes roughly 20 to 100 ms
+# (an estimate for current x86 CPUs), so the buckets are dense there. Queueing under load
+# and image downloads push requests to seconds.
 PREDICTION_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 HTTP_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
@@ -142,8 +143,11 @@ def get_metrics() -> Metrics:
         return _active
 
 
-def set_metrics(metrics: Metrics) -> Metrics | None:
-    """Make `metrics` the instance the module-level helpers write to; return the previous one."""
+def set_metrics(metrics: Metrics | None) -> Metrics | None:
+    """Make `metrics` the instance the module-level helpers write to; return the previous one.
+
+    With None, the next `get_metrics` call creates a new instance.
+    """
     global _active
     with _active_lock:
         previous, _active = _active, metrics

@@ -11,16 +11,16 @@ chat up to date, and when the child ends:
   or absent), registers it, and when the gate passed makes it the serving
   model (`set_serving`, then `ClassifierService.swap`);
 - cancelled, failed or killed: marks the run, removes the work directory and
-  tells the admin. The serving model and its registry row are untouched.
+  sends the admin a message. The serving model and its registry row are untouched.
 
 Runtime hooks, called by `bot/runtime.py`:
 
-- `choose_serving_bundle(settings, repository)` before the classifier
-  service is built: the bundle to load, so a promoted model keeps serving
-  after a restart;
+- `bot.model_registry.choose_serving_bundle(settings, repository)` before
+  the classifier service is built: the bundle to load, so a promoted model
+  keeps serving after a restart;
 - `start_retrain_supervisor(bot_context, bot)` once the application is
   initialized: removes leftovers of a crash, fails runs left "running",
-  tells their admins, registers the serving bundle, and stores the
+  sends their admins a failure message, registers the serving bundle, and stores the
   supervisor in `bot_context.extras["retrain"]`;
 - `stop_retrain_supervisor(bot_context)` before the service closes.
 """
@@ -30,37 +30,43 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import datetime as dt
+import json
 import logging
 import os
 import shutil
 import signal
 import sys
 import time
-import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from telegram import Bot, ReplyParameters
-from telegram.error import BadRequest, Forbidden, RetryAfter, TelegramError
-from telegram.warnings import PTBDeprecationWarning
+from telegram import Bot
+from telegram.error import BadRequest, Forbidden, TelegramError
 
 from bot.i18n import language_from_code, text
+from bot.model_registry import WORK_DIR_PREFIX, clean_model_dir, register_serving_bundle
+from bot.retrain_progress import (
+    ProgressMessage,
+    RunProgress,
+    exit_error,
+    failed_split,
+    gate_lines,
+    progress_text,
+)
 from classifier.bundle import Bundle, BundleError
-from training.gate import BASE_VAL, CORRECTIONS_HOLDOUT, GateDecision
+from training.gate import GateDecision
 from training.retrain import CANDIDATE_DIR_NAME, SABOTAGE_MODES, TESTING_ENV, RetrainJob
 
 if TYPE_CHECKING:
     from bot.context import BotContext
     from bot.settings import Settings
-    from storage.models import ModelVersion, RetrainRun
+    from storage.models import RetrainRun
     from storage.repository import Repository
 
 logger = logging.getLogger(__name__)
 
 RETRAIN_KEY = "retrain"
-WORK_DIR_PREFIX = ".retrain-"
 JOB_FILE_NAME = "job.json"
 # With FLOWERBOT_TESTING=1, this variable names a sabotage mode for every run (tests only).
 SABOTAGE_ENV = "FLOWERBOT_RETRAIN_SABOTAGE"
@@ -69,11 +75,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 STDOUT_LINE_LIMIT = 4 * 1024 * 1024
 # Seconds between SIGTERM and SIGKILL when cancelling or stopping.
 TERMINATE_GRACE_S = 10.0
-# Longest flood wait the final progress edit sits out; longer ones skip that edit.
-MAX_FINAL_RETRY_AFTER_S = 60.0
 LOG_TAIL_LINES = 20
-# Metrics copied from a bundle into its registry row; the rest (history, per class) stays in bundle.json.
-SUMMARY_METRIC_KEYS = ("val_top1", "val_top5", "epochs_run", "best_epoch", "train_samples", "val_samples")
 
 
 class RetrainError(Exception):
@@ -83,336 +85,6 @@ class RetrainError(Exception):
         super().__init__(message)
         self.key = key
         self.values = values
-
-
-# ---------------------------------------------------------------------------
-# Model directory and registry at start-up
-
-
-def clean_model_dir(models_dir: Path) -> list[Path]:
-    """Remove what a crash can leave in the model directory and return the removed paths.
-
-    - `.retrain-*`: work directories of runs that did not finish;
-    - `.<name>.tmp-*` and `.<name>.training-*`: staging directories of
-      `Bundle.save` and of training, never renamed into place;
-    - `.<name>.old-*`: a bundle moved aside while being replaced. It is removed
-      when `<name>` exists, and renamed back to `<name>` otherwise, because then
-      the crash came between the two renames and it is the only copy.
-    """
-    removed: list[Path] = []
-    if not models_dir.is_dir():
-        return removed
-    for entry in sorted(models_dir.iterdir()):
-        if not entry.is_dir() or not entry.name.startswith("."):
-            continue
-        if entry.name.startswith(WORK_DIR_PREFIX) or ".tmp-" in entry.name or ".training-" in entry.name:
-            shutil.rmtree(entry, ignore_errors=True)
-            removed.append(entry)
-        elif ".old-" in entry.name:
-            original = models_dir / entry.name[1:].rsplit(".old-", 1)[0]
-            if original.exists():
-                shutil.rmtree(entry, ignore_errors=True)
-                removed.append(entry)
-            else:
-                os.replace(entry, original)
-                logger.warning("restored bundle %s from %s, left by a crash between two renames", original, entry)
-    for path in removed:
-        logger.warning("removed %s, left in the model directory by an interrupted run or save", path)
-    return removed
-
-
-def summarize_metrics(metrics: Mapping[str, Any]) -> dict[str, Any]:
-    """Return the bundle metrics that go into the registry row."""
-    return {key: metrics[key] for key in SUMMARY_METRIC_KEYS if key in metrics}
-
-
-async def choose_serving_bundle(settings: Settings, repository: Repository) -> Bundle:
-    """Return the bundle the bot should serve at start-up, and record it in the registry.
-
-    MODEL_PATH names the operator's bundle. When its version is new to the
-    registry, it is registered and serves: the operator chose it. When the
-    registry knows it and serves another version (promoted by /retrain or
-    chosen by /rollback), that version serves, if its files still load.
-    """
-    configured = await asyncio.to_thread(Bundle.load, settings.model_path)
-    known = await repository.get_model(configured.version)
-    serving = await repository.serving_model()
-    if known is None or serving is None or serving.version == configured.version:
-        await register_serving_bundle(repository, configured)
-        return configured
-    try:
-        chosen = await asyncio.to_thread(Bundle.load, serving.path)
-    except BundleError as error:
-        logger.error("registry's serving model %s cannot be loaded (%s); serving MODEL_PATH %s instead", serving.version, error, configured.version)
-        await register_serving_bundle(repository, configured)
-        return configured
-    logger.info("serving %s from the registry instead of MODEL_PATH's %s", chosen.version, configured.version)
-    return chosen
-
-
-async def register_serving_bundle(repository: Repository, bundle: Bundle) -> ModelVersion:
-    """Register `bundle` when the registry lacks it and mark it serving, so the registry matches what serves."""
-    if bundle.path is None:
-        raise ValueError(f"bundle {bundle.version} has no directory; only a saved bundle can be registered")
-    model = await repository.get_model(bundle.version)
-    if model is None:
-        model = await repository.register_model(bundle.version, str(bundle.path), metrics=summarize_metrics(bundle.metrics))
-    if model.status != "serving":
-        model = await repository.set_serving(bundle.version)
-    return model
-
-
-# ---------------------------------------------------------------------------
-# The progress message
-
-
-def retry_after_seconds(error: RetryAfter) -> float:
-    """Return the flood wait of a RetryAfter in seconds (python-telegram-bot 22 gives int or timedelta)."""
-    with warnings.catch_warnings():
-        # Reading it as an int is deprecated since 22.2; both types are handled here.
-        warnings.simplefilter("ignore", PTBDeprecationWarning)
-        value = error.retry_after
-    return value.total_seconds() if isinstance(value, dt.timedelta) else float(value)
-
-
-class ProgressMessage:
-    """One message in the admin's chat that shows a run's progress, edited at a throttled rate.
-
-    `update(text)` only records the newest text; a writer task edits the
-    message at most once per `min_interval_s`, and only when the text differs
-    from what is shown. Telegram allows a bot about 20 messages a minute in a
-    group and about one a second in a chat
-    (https://core.telegram.org/bots/faq#my-bot-is-hitting-limits-how-do-i-avoid-this);
-    the default 3 s stays under both. RetryAfter is waited out. After
-    Forbidden (the admin blocked the bot) nothing more is sent, and the run goes on.
-    """
-
-    def __init__(self, bot: Bot, chat_id: int, *, min_interval_s: float = 3.0) -> None:
-        self.bot = bot
-        self.chat_id = chat_id
-        self.min_interval_s = min_interval_s
-        self.message_id: int | None = None
-        self.blocked = False
-        self.edits = 0
-        self._desired: str | None = None
-        self._shown: str | None = None
-        self._last_sent = -float("inf")
-        self._wake = asyncio.Event()
-        self._writer: asyncio.Task[None] | None = None
-        self._lock = asyncio.Lock()
-        self._reply_to: int | None = None
-
-    async def open(self, initial_text: str, *, reply_to_message_id: int | None = None) -> int | None:
-        """Send the message (as a reply when given) and start the writer; return its id, None when sending failed."""
-        self._desired = initial_text
-        self._reply_to = reply_to_message_id
-        await self._deliver(initial_text, max_attempts=3)
-        self._reply_to = None
-        self._writer = asyncio.create_task(self._write_loop(), name=f"progress-message-{self.chat_id}")
-        return self.message_id
-
-    def update(self, new_text: str) -> None:
-        self._desired = new_text
-        self._wake.set()
-
-    async def close(self, final_text: str | None = None) -> None:
-        """Stop the writer and show `final_text`, waiting out the throttle interval first."""
-        if self._writer is not None:
-            self._writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._writer
-            self._writer = None
-        if final_text is None or self.blocked or final_text == self._shown:
-            return
-        self._desired = final_text
-        delay = self._last_sent + self.min_interval_s - asyncio.get_running_loop().time()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        await self._deliver(final_text, max_attempts=3, max_wait_s=MAX_FINAL_RETRY_AFTER_S)
-
-    async def _write_loop(self) -> None:
-        loop = asyncio.get_running_loop()
-        while not self.blocked:
-            await self._wake.wait()
-            self._wake.clear()
-            delay = self._last_sent + self.min_interval_s - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            if self._desired is not None and self._desired != self._shown:
-                await self._deliver(self._desired, max_attempts=5)
-
-    async def _deliver(self, new_text: str, *, max_attempts: int, max_wait_s: float | None = None) -> bool:
-        """Send or edit the message; return whether `new_text` is now shown."""
-        async with self._lock:
-            loop = asyncio.get_running_loop()
-            for _ in range(max_attempts):
-                if self.blocked:
-                    return False
-                try:
-                    if self.message_id is None:
-                        reply = ReplyParameters(self._reply_to, allow_sending_without_reply=True) if self._reply_to else None
-                        message = await self.bot.send_message(self.chat_id, new_text, reply_parameters=reply)
-                        self.message_id = message.message_id
-                    else:
-                        await self.bot.edit_message_text(new_text, chat_id=self.chat_id, message_id=self.message_id)
-                        self.edits += 1
-                except RetryAfter as error:
-                    wait = retry_after_seconds(error)
-                    if max_wait_s is not None and wait > max_wait_s:
-                        logger.warning("progress message in chat %d: flood wait %.0f s is too long; skipping this edit", self.chat_id, wait)
-                        return False
-                    logger.info("progress message in chat %d: flood control, retrying in %.0f s", self.chat_id, wait)
-                    await asyncio.sleep(wait)
-                    continue
-                except Forbidden as error:
-                    self.blocked = True
-                    logger.warning("chat %d blocked the bot (%s); the run continues without progress messages", self.chat_id, error)
-                    return False
-                except BadRequest as error:
-                    description = error.message.lower()
-                    if "message is not modified" in description:
-                        self._shown = new_text
-                        return True
-                    if "message to edit not found" in description or "message can't be edited" in description:
-                        logger.info("progress message %s in chat %d is gone; sending a new one", self.message_id, self.chat_id)
-                        self.message_id = None
-                        continue
-                    logger.warning("progress message in chat %d rejected: %s", self.chat_id, error)
-                    return False
-                except TelegramError as error:
-                    # Network errors and timeouts: the next update tries again.
-                    logger.warning("progress message in chat %d failed: %s", self.chat_id, error)
-                    return False
-                self._shown = new_text
-                self._last_sent = loop.time()
-                return True
-            return False
-
-
-# ---------------------------------------------------------------------------
-# Run state and texts
-
-
-def percent(value: float | None, lang: str) -> str:
-    return text("admin_model.not_available", lang) if value is None else f"{value * 100:.1f}%"
-
-
-@dataclasses.dataclass
-class RunProgress:
-    """What the job has reported so far, folded from its events."""
-
-    phase: str = "starting"
-    features_done: int | None = None
-    features_total: int | None = None
-    epoch: int | None = None
-    epochs: int | None = None
-    val_acc: float | None = None
-    best_val_acc: float | None = None
-    early_stop: dict[str, Any] | None = None
-    data: dict[str, int] | None = None
-    result: dict[str, Any] | None = None
-    error: str | None = None
-
-    def apply(self, event: Mapping[str, Any]) -> None:
-        kind = event.get("event")
-        if kind == "phase":
-            self.phase = str(event.get("phase") or self.phase)
-        elif kind == "progress" and event.get("phase") == "features":
-            self.features_done, self.features_total = event.get("done"), event.get("total")
-        elif kind == "epoch":
-            self.epoch, self.epochs = event.get("epoch"), event.get("epochs")
-            self.val_acc, self.best_val_acc = event.get("val_acc"), event.get("best_val_acc")
-        elif kind == "early_stop":
-            self.early_stop = dict(event)
-        elif kind == "data":
-            self.data = {key: value for key, value in event.items() if isinstance(value, int)}
-        elif kind == "result":
-            self.result = dict(event)
-            self.phase = "finishing"
-        elif kind == "error":
-            self.error = str(event.get("message") or "unknown error")
-
-    @property
-    def phase_label(self) -> str:
-        """A short phase for the database row, such as `train 3/10`."""
-        if self.phase == "train" and self.epoch is not None:
-            return f"train {self.epoch}/{self.epochs}"
-        return self.phase
-
-
-def phase_name(phase: str, lang: str) -> str:
-    key = f"admin_model.phase.{phase}"
-    try:
-        return text(key, lang)
-    except KeyError:
-        return phase
-
-
-def progress_text(run_id: int, serving_version: str, progress: RunProgress, lang: str) -> str:
-    """Return the progress message for the current state of a run."""
-    lines = [
-        text("admin_model.progress.header", lang, run_id=run_id, version=serving_version),
-        text("admin_model.progress.phase", lang, phase=phase_name(progress.phase, lang)),
-    ]
-    if progress.data is not None:
-        counts = {key: progress.data.get(key, 0) for key in ("corrections_train", "corrections_holdout", "not_flower", "skipped_unknown_label", "skipped_missing_file")}
-        lines.append(text("admin_model.progress.data", lang, **counts))
-    if progress.features_total and progress.epoch is None:
-        lines.append(text("admin_model.progress.features", lang, done=progress.features_done, total=progress.features_total))
-    if progress.epoch is not None:
-        lines.append(
-            text(
-                "admin_model.progress.epoch",
-                lang,
-                epoch=progress.epoch,
-                epochs=progress.epochs,
-                val_acc=percent(progress.val_acc, lang),
-                best_val_acc=percent(progress.best_val_acc, lang),
-            )
-        )
-    if progress.early_stop is not None:
-        lines.append(text("admin_model.progress.early_stop", lang, epoch=progress.early_stop.get("epoch"), best_epoch=progress.early_stop.get("best_epoch")))
-    return "\n".join(lines)
-
-
-def gate_lines(decision: GateDecision, lang: str) -> list[str]:
-    """Return one line per gate split with both models' accuracy, and a note when the holdout was empty."""
-    lines = []
-    for comparison in decision.comparisons:
-        if comparison.skipped:
-            if comparison.split == CORRECTIONS_HOLDOUT:
-                lines.append(text("admin_model.result.holdout_empty", lang))
-            continue
-        lines.append(
-            text(
-                "admin_model.result.split",
-                lang,
-                split=text(f"admin_model.split.{comparison.split}", lang),
-                candidate=percent(comparison.candidate_accuracy, lang),
-                serving=percent(comparison.serving_accuracy, lang),
-                samples=comparison.samples,
-            )
-        )
-    return lines
-
-
-def failed_split(decision: GateDecision) -> str:
-    """Return the split the candidate failed, from a rejected decision's reason."""
-    for split in (BASE_VAL, CORRECTIONS_HOLDOUT):
-        if decision.reason == f"worse_on_{split}":
-            return split
-    return BASE_VAL
-
-
-def exit_error(returncode: int, lang: str) -> str:
-    """Describe a child's exit status: a signal for a negative status (asyncio reports -N), else the number."""
-    if returncode < 0:
-        try:
-            name = signal.Signals(-returncode).name
-        except ValueError:
-            name = str(-returncode)
-        return text("admin_model.error.killed", lang, signal=name)
-    return text("admin_model.error.exit_status", lang, status=returncode)
 
 
 @dataclasses.dataclass
@@ -446,7 +118,7 @@ class ActiveRun:
 
 @dataclasses.dataclass(frozen=True)
 class StartOutcome:
-    """What `/retrain` did: started `run_id`, or found `running_run_id` already running."""
+    """Outcome of `/retrain`: the started `run_id`, or the `running_run_id` found already running."""
 
     run_id: int | None = None
     running_run_id: int | None = None
@@ -497,8 +169,11 @@ class RetrainSupervisor:
 
     async def wait_idle(self) -> None:
         """Return once no run is in progress (tests, shutdown)."""
-        active = self._active
-        if active is not None and active.task is not None:
+        while (active := self._active) is not None:
+            if active.task is None:
+                # Still starting: the task exists once the process is spawned.
+                await asyncio.sleep(0.05)
+                continue
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.shield(active.task)
 
@@ -540,14 +215,15 @@ class RetrainSupervisor:
         """Start a run for an admin, or report the one already running.
 
         Raises RetrainError (`not_configured`, `invalid_recipe`) before any run
-        is recorded; a failure after that marks the run failed and tells the admin.
+        is recorded; a failure after that marks the run failed and sends the admin a message.
         """
         settings = self.settings
         if not settings.retrain_base_data:
             raise RetrainError("admin_model.retrain.not_configured", "RETRAIN_BASE_DATA is not set")
         try:
-            recipe = self.recipe_overrides()
-        except (ValueError, OSError) as error:
+            recipe = await asyncio.to_thread(self.recipe_overrides)
+        except (ValueError, OSError, ImportError) as error:
+            # ImportError: a YAML recipe file without PyYAML installed.
             raise RetrainError("admin_model.retrain.invalid_recipe", str(error), error=str(error)) from error
 
         async with self._start_lock:
@@ -663,8 +339,13 @@ class RetrainSupervisor:
             self._kill_group(process.pid, signal.SIGKILL)
             await self._conclude(active, returncode)
         except asyncio.CancelledError:
+            # The bot is stopping. The run is marked failed now, so the next start finds no
+            # stale run to report, and the failure message is sent here instead.
+            error = "the bot stopped during the run"
             await self._terminate(active)
-            await self._finish(active, "failed", error="the bot stopped during the run")
+            await self._finish(active, "failed", error=error, phase="failed")
+            await self._close_message(active, "failed")
+            await self._notify(active, text("admin_model.result.failed", active.lang, run_id=active.run_id, error=error, version=active.serving_version))
             raise
         except Exception as error:
             logger.exception("retrain run %d: supervisor failed", active.run_id)
@@ -676,12 +357,12 @@ class RetrainSupervisor:
             )
         finally:
             await asyncio.to_thread(shutil.rmtree, active.work_dir, True)
+            if active.message.blocked:
+                await self._mark_admin_blocked(active)
             if self._active is active:
                 self._active = None
 
     async def _read_events(self, active: ActiveRun, stream: asyncio.StreamReader) -> None:
-        import json
-
         last_phase_label = None
         while True:
             try:
@@ -868,6 +549,12 @@ class RetrainSupervisor:
         except Exception:
             # Progress bookkeeping must not end a run.
             logger.exception("retrain run %d: could not store %s", active.run_id, sorted(fields))
+
+    async def _mark_admin_blocked(self, active: ActiveRun) -> None:
+        try:
+            await self.repository.mark_user_blocked(active.admin_user_id)
+        except Exception:
+            logger.exception("retrain run %d: could not mark admin %d as blocked", active.run_id, active.admin_user_id)
 
     async def _finish(self, active: ActiveRun, status: str, **fields: Any) -> None:
         try:

@@ -23,6 +23,8 @@ from telegram.ext import Application
 from bot.app import build_application
 from bot.commands import set_command_menus
 from bot.context import BotContext
+from bot.model_registry import choose_serving_bundle
+from bot.retrain import start_retrain_supervisor, stop_retrain_supervisor
 from bot.settings import Settings
 from classifier.bundle import BundleError
 from classifier.service import ClassifierService
@@ -96,7 +98,7 @@ class BotRuntime:
             self._engine = create_engine(settings.resolved_database_url)
             repository = Repository(new_session_factory(self._engine))
             images = ImageStore(settings.photos_dir)
-            service = self._service or await self._load_service()
+            service = self._service or await self._load_service(repository)
             self._service = service
 
             self._bot_context = BotContext(settings=settings, service=service, repository=repository, images=images)
@@ -109,6 +111,7 @@ class BotRuntime:
                     "TELEGRAM_BOT_TOKEN was rejected by the Bot API (Unauthorized): set it to the token @BotFather gave your bot"
                 ) from None
             await set_command_menus(self._application.bot, settings.admin_ids)
+            await start_retrain_supervisor(self._bot_context, self._application.bot)
             await self._application.start()
 
             if settings.http_port:
@@ -136,9 +139,13 @@ class BotRuntime:
         self._started = True
         logger.info("flowerbot is running as @%s (%s)", self._application.bot.username, "webhook" if settings.webhook_url else "long polling")
 
-    async def _load_service(self) -> ClassifierService:
+    async def _load_service(self, repository: Repository) -> ClassifierService:
         settings = self.settings
-        model_path = settings.model_path
+        try:
+            # The registry's serving model wins over MODEL_PATH once /retrain or /rollback chose one.
+            model_path = (await choose_serving_bundle(settings, repository)).path or settings.model_path
+        except BundleError as error:
+            raise StartupError(f"MODEL_PATH={settings.model_path} could not be loaded: {error}") from error
         logger.info("loading model bundle %s on %s (%s backend)", model_path, settings.device, settings.backend)
         try:
             return await asyncio.to_thread(
@@ -175,6 +182,9 @@ class BotRuntime:
 
             await stop_http_server(self._http_runner)
             self._http_runner = None
+        if self._bot_context is not None:
+            # Ends a training run in progress while the bot can still tell its admin.
+            await stop_retrain_supervisor(self._bot_context)
         if application is not None:
             if application.running:
                 # Waits for the updates that are being handled.

@@ -6,7 +6,7 @@ import functools
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -39,8 +39,12 @@ class Settings(BaseSettings):
     batch_max_wait_ms: float = Field(default=5.0, ge=0.0, le=1000.0)
     inference_workers: int = Field(default=1, ge=1, le=16)
     max_image_pixels: int = Field(default=40_000_000, ge=1)
+    # Calibrated top-1 probability from which an answer says "sure" or "likely" (else "unsure").
     confidence_sure: float = Field(default=0.80, gt=0.0, le=1.0)
     confidence_likely: float = Field(default=0.50, gt=0.0, le=1.0)
+    # Seconds without a new photo after which an album (photos with one media_group_id)
+    # is classified. Telegram delivers an album's photos as separate updates within a moment.
+    album_quiet_s: float = Field(default=1.0, gt=0.0, le=30.0)
 
     # Abuse limits: photos per person per minute.
     rate_limit_per_minute: int = Field(default=20, ge=1)
@@ -65,13 +69,21 @@ class Settings(BaseSettings):
     retrain_seed: int = 0
     # A recipe file (JSON or YAML, as `python -m training train --config`) under the RETRAIN_* values above.
     retrain_recipe_config: Path | None = None
-    # A candidate passes a gate split with up to floor(tolerance * photos) fewer correct answers than the serving model.
+    # A candidate passes a gate split with up to floor(tolerance * photos) fewer correct predictions than the serving model.
     retrain_gate_tolerance: float = Field(default=0.0, ge=0.0, lt=1.0)
     # Seconds between edits of the progress message; Telegram allows about 20 messages a minute in a group.
     retrain_progress_interval_s: float = Field(default=3.0, ge=1.0)
     retrain_device: Literal["auto", "cpu", "cuda"] = "auto"
     # Torch threads of the training process; unset leaves torch's default (every usable CPU).
     retrain_threads: int | None = Field(default=None, ge=1)
+
+    @model_validator(mode="after")
+    def _check_confidence_order(self) -> Settings:
+        if self.confidence_likely > self.confidence_sure:
+            raise ValueError(
+                f"CONFIDENCE_LIKELY ({self.confidence_likely}) must not exceed CONFIDENCE_SURE ({self.confidence_sure})"
+            )
+        return self
 
     @field_validator("admin_ids", mode="before")
     @classmethod

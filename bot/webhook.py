@@ -4,7 +4,7 @@ When WEBHOOK_URL is set, `bot.http_api.build_http_app` adds the route WEBHOOK_PA
 and the runtime calls `start_webhook` after the application starts and
 `stop_webhook` before it stops. Telegram sends the secret given to `setWebhook` in
 the `X-Telegram-Bot-Api-Secret-Token` header of every request
-(https://core.telegram.org/bots/api#setwebhook); a request without the right
+(https://core.telegram.org/bots/api#setwebhook). A request without the right
 secret gets 403 and never reaches the application.
 
 WEBHOOK_URL is the public HTTPS address that Telegram calls. When it does not end

@@ -7,6 +7,8 @@ Layout::
                       architecture, recipe, metrics, calibration, OOD, exports
         model.pt      the FlowerNet state dict (torch.save)
         model.onnx    optional exports, listed under "exports"
+        references/   optional small training photos per class, listed under
+                      "references" (see classifier.references)
 
 Reading `bundle.json` needs no torch, so the ONNX serving install can load a
 bundle; `state_dict()` and `build_torch_model()` import torch when called.
@@ -74,6 +76,8 @@ class Bundle:
     `ood["score"]` is `energy` or `msp`, and `ood["threshold"]` (None until
     fitted) is the score below which a photo is called out of distribution.
     `exports` maps a name such as `onnx` to `{"file": ..., "fit_for_serving": bool, ...}`.
+    `references` maps a class index (as a string) to reference photo files
+    inside the bundle, such as `{"0": ["references/0-0.jpg"]}`.
     """
 
     version: str
@@ -85,6 +89,7 @@ class Bundle:
     calibration: dict[str, Any] = field(default_factory=_default_calibration)
     ood: dict[str, Any] = field(default_factory=_default_ood)
     exports: dict[str, dict[str, Any]] = field(default_factory=dict)
+    references: dict[str, list[str]] = field(default_factory=dict)
     created_at: str = field(default_factory=lambda: dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
     path: Path | None = None
     _state_dict: Mapping[str, Any] | None = field(default=None, repr=False, compare=False)
@@ -165,6 +170,7 @@ class Bundle:
             "calibration": self.calibration,
             "ood": self.ood,
             "exports": self.exports,
+            "references": self.references,
         }
 
     @classmethod
@@ -192,6 +198,7 @@ class Bundle:
             calibration={**_default_calibration(), **(document.get("calibration") or {})},
             ood={**_default_ood(), **(document.get("ood") or {})},
             exports={name: dict(entry) for name, entry in (document.get("exports") or {}).items()},
+            references={str(index): [str(name) for name in names] for index, names in (document.get("references") or {}).items()},
             created_at=str(document.get("created_at", "")),
             path=path,
         )
@@ -262,7 +269,14 @@ class Bundle:
 
     def _copy_files(self, staging: Path, extra_files: Mapping[str, str | os.PathLike]) -> None:
         for name, source in extra_files.items():
+            (staging / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, staging / name)
+        for names in self.references.values():
+            for name in names:
+                source = self.path / name if self.path else None
+                if not (staging / name).exists() and source is not None and source.is_file():
+                    (staging / name).parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(source, staging / name)
         for export_name, entry in self.exports.items():
             file_name = entry.get("file")
             if not file_name:
@@ -292,6 +306,7 @@ class Bundle:
             calibration=copy.deepcopy(self.calibration),
             ood=copy.deepcopy(self.ood),
             exports=copy.deepcopy(self.exports),
+            references=copy.deepcopy(self.references),
             created_at=self.created_at,
             path=self.path,
             _state_dict=self._state_dict,
@@ -300,6 +315,9 @@ class Bundle:
 
 def _fsync_directory_files(directory: Path) -> None:
     for entry in directory.iterdir():
+        if entry.is_dir():
+            _fsync_directory_files(entry)
+            continue
         with open(entry, "rb") as handle:
             os.fsync(handle.fileno())
     descriptor = os.open(directory, os.O_RDONLY)

@@ -4,4 +4,5 @@ pytest_plugins = [
     "tests.fixtures.data",
     "tests.fixtures.database",
     "tests.fixtures.bot",
+    "tests.fixtures.honesty",
 ]

@@ -33,8 +33,11 @@ async def test_chinese_language_code_gets_chinese(flowerbot: BotHarness, flowers
         text("answer.line", "zh", rank=rank, name=species_name(labels, entry["index"], "zh"), percent=f"{entry['probability'] * 100:.1f}%")
         for rank, entry in enumerate(row.top_k, start=1)
     ]
-    assert answer["text"].splitlines() == expected_lines
-    for line in answer["text"].splitlines():
+    species_lines = answer["text"].splitlines()[: len(expected_lines)]
+    assert species_lines == expected_lines
+    # After a blank line, how sure the answer is, in Chinese.
+    assert CJK.search(answer["text"].split("\n\n", 1)[1])
+    for line in species_lines:
         # The Chinese name, then the English name the field uses in brackets.
         assert CJK.search(line), line
         assert re.search(r"\([a-z ]+\)", line), line

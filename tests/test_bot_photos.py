@@ -23,9 +23,12 @@ BOB = make_user(2002, "Bob", language_code="en-GB")
 
 
 def parse_answer(answer: str) -> list[tuple[str, float]]:
-    """Return (name, percent) per line of an answer; fail on any line that is not a species line."""
+    """Return (name, percent) per species line of an answer; fail on any other line before the blank line.
+
+    The paragraph after the blank line says how sure the answer is (bot/honesty.py).
+    """
     parsed = []
-    for line in answer.splitlines():
+    for line in answer.split("\n\n", 1)[0].splitlines():
         match = ANSWER_LINE.match(line)
         assert match is not None, f"not an answer line: {line!r} in {answer!r}"
         parsed.append((match["name"], float(match["percent"])))

@@ -45,7 +45,7 @@ def test_export_all_formats_agree_on_flowers5_photos(flowers5_dir, flowers5_val_
     assert int8["bytes"] < saved.exports["torchscript"]["bytes"] / 2
     assert not list((tmp_path / "bundle").glob("*.onnx.data"))
 
-    # The ONNX file stands alone and takes any batch size.
+    # The ONNX file is self-contained and accepts any batch size.
     import onnxruntime
 
     session = onnxruntime.InferenceSession(str(tmp_path / "bundle" / "model.onnx"), providers=["CPUExecutionProvider"])

@@ -1,4 +1,4 @@
-"""The promotion gate's decision: counts of correct answers per split, ties, tolerance and empty splits."""
+"""The promotion gate's decision: counts of correct predictions per split, ties, tolerance and empty splits."""
 
 from __future__ import annotations
 
@@ -61,7 +61,7 @@ def test_empty_base_val_rejects() -> None:
 @pytest.mark.parametrize(
     ("samples", "candidate", "serving", "tolerance", "passed"),
     [
-        (20, 7, 8, 0.05, True),  # floor(0.05 * 20) = 1 answer may be lost
+        (20, 7, 8, 0.05, True),  # floor(0.05 * 20) = 1 correct prediction may be lost
         (20, 6, 8, 0.05, False),
         (19, 7, 8, 0.05, False),  # floor(0.05 * 19) = 0
         (10, 0, 2, 0.2, True),

@@ -43,7 +43,8 @@ def test_gradcam_map_is_normalized_and_follows_the_class(bundle):
     batch = torch.from_numpy(to_array(Image.effect_mandelbrot((256, 256), (-2, -1.5, 1, 1.5), 40).convert("RGB")))[None]
     cam, target, probabilities = grad_cam(model, batch)
     assert cam.shape == (7, 7)
-    assert 0.0 <= cam.min() and cam.max() <= 1.0
+    assert cam.min() >= 0.0
+    assert cam.max() <= 1.0
     assert target == int(np.argmax(probabilities))
     other_cam, other_target, _ = grad_cam(model, batch, class_index=(target + 1) % 5)
     assert other_target == (target + 1) % 5

@@ -428,7 +428,7 @@ async def test_metrics_change_after_prediction(start_server: ServerFactory, phot
     assert metric_value(after, "flowerbot_errors_total", {"kind": "decode_not_image"}) == 1
     assert metric_value(after, "flowerbot_http_request_duration_seconds_count", {"endpoint": "/predict"}) == 2
     assert metric_value(after, "flowerbot_model_info", {"model_version": version}) == 1
-    # The first scrape was counted when it finished, so the second sees it.
+    # The first scrape was counted when it finished, so the second scrape includes it.
     assert metric_value(after, "flowerbot_http_requests_total", {"endpoint": "/metrics", "status": "200"}) == 1
 
 
@@ -644,8 +644,8 @@ async def test_shutdown_answers_requests_in_flight(start_server: ServerFactory, 
             return response.status, await response.json()
 
     burst = [asyncio.create_task(predict(image)) for image in images]
-    # Wait until every request is inside a handler: inference holds the first batch at
-    # the gate, and the others queue behind it.
+    # Wait until every request is inside a handler. The gate blocks inference of the first
+    # batch, and the other requests queue behind it.
     in_progress = {"endpoint": "/predict"}
     for _ in range(3000):
         if server.metrics.sample("flowerbot_http_requests_in_progress", in_progress) == len(images):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.retrain import choose_serving_bundle, register_serving_bundle
+from bot.model_registry import choose_serving_bundle, register_serving_bundle
 from bot.settings import Settings
 from classifier.bundle import Bundle, new_random_bundle
 from classifier.labels import LabelSet

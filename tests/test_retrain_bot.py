@@ -1,8 +1,8 @@
 """Admin retraining through the Telegram emulator: /retrain, /retrain status|cancel, /model, /rollback.
 
-The bot runs for real (`bot_harness`) with a random-init flowers5 bundle and trains in a
-child process on a few flowers5 photos linked into a temporary ImageFolder, with tiny
-epochs, so each full run takes tens of seconds on a CPU.
+The bot runs for real (`bot_harness`) with a random-init flowers5 bundle. It trains in a
+child process on a few flowers5 photos linked into a temporary ImageFolder, for a few
+epochs, so each full run takes tens of seconds to a few minutes on a busy CPU.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ from PIL import Image
 from bot import app as bot_app
 from bot.handlers import admin_model
 from bot.i18n import text
-from bot.retrain import RETRAIN_KEY, WORK_DIR_PREFIX, RetrainSupervisor, start_retrain_supervisor, stop_retrain_supervisor
+from bot.model_registry import WORK_DIR_PREFIX
+from bot.retrain import RETRAIN_KEY, RetrainSupervisor, stop_retrain_supervisor
 from storage.models import Prediction, RetrainRun
 from tests.emulator import make_user, message_text, private_chat
 from tests.fixtures.bot import BotHarness
@@ -65,19 +66,9 @@ async def eventually(check: Callable[[], Awaitable[Any]], *, timeout: float = 60
 
 
 async def wire_retrain(bot: BotHarness) -> RetrainSupervisor:
-    """Register the admin model handlers and start the supervisor unless the runtime already did.
-
-    TODO: drop this once bot/app.py lists admin_model and bot/runtime.py calls
-    start_retrain_supervisor; it then only returns the runtime's supervisor.
-    """
-    context = bot.context
-    application = bot.runtime.application
-    if admin_model not in bot_app.HANDLER_MODULES and not getattr(application, "_admin_model_registered", False):
-        admin_model.register(application)
-        application._admin_model_registered = True  # type: ignore[attr-defined]
-    if RETRAIN_KEY not in context.extras:
-        await start_retrain_supervisor(context, application.bot)
-    return context.extras[RETRAIN_KEY]
+    """Return the retrain supervisor that the runtime started."""
+    assert admin_model in bot_app.HANDLER_MODULES
+    return bot.context.extras[RETRAIN_KEY]
 
 
 StartBot = Callable[..., Awaitable[tuple[BotHarness, RetrainSupervisor]]]
@@ -117,7 +108,7 @@ async def command(bot: BotHarness, user: JSON, name: str, args: str = "") -> JSO
 
 
 async def send_photo(bot: BotHarness, user: JSON, image: bytes) -> Prediction:
-    """Send a photo, wait for the answer, and return the stored prediction."""
+    """Send a photo, wait for the bot's reply, and return the stored prediction."""
     sent = bot.emulator.send_photo(user, private_chat(user), image)
     await bot.emulator.wait_for_reply(sent)
 
@@ -148,9 +139,12 @@ async def wait_for_phase(supervisor: RetrainSupervisor, phases: set[str]) -> Non
 
 
 async def finished_run(bot: BotHarness, supervisor: RetrainSupervisor) -> RetrainRun:
+    """Wait until a run has been recorded and has ended; return its row."""
+    await eventually(bot.repository.latest_retrain_run)
     await asyncio.wait_for(supervisor.wait_idle(), RUN_TIMEOUT_S)
     run = await bot.repository.latest_retrain_run()
     assert run is not None
+    assert run.status != "running"
     return run
 
 
@@ -252,7 +246,7 @@ async def test_sabotaged_candidate_is_not_promoted(retrain_bot: StartBot, monkey
     assert run.status == "rejected", run.error
     base_val = run.metrics["gate"]["comparisons"][0]
     assert base_val["split"] == "base_val"
-    assert base_val["candidate_correct"] < base_val["serving_correct"]
+    assert base_val["candidate_correct"] < base_val["serving_correct"], base_val
     candidate = await bot.repository.get_model(run.candidate_version)
     assert candidate is not None
     assert candidate.status == "rejected"
@@ -313,8 +307,8 @@ async def test_cancel_stops_the_run(retrain_bot: StartBot) -> None:
         os.killpg(pid, 0)
     assert bot.context.service.version == original
     assert leftover_work_dirs(bot) == []
-    told = [message_text(message) for message in bot.emulator.sent_messages(ADMIN_CHAT["id"])]
-    assert any("was cancelled" in line for line in told)
+    admin_messages = [message_text(message) for message in bot.emulator.sent_messages(ADMIN_CHAT["id"])]
+    assert any("was cancelled" in line for line in admin_messages)
     again = await command(bot, ADMIN, "retrain", "cancel")
     assert message_text(again) == text("admin_model.cancel.none", "en")
 
@@ -330,17 +324,17 @@ async def test_blocked_admin_does_not_stop_run(retrain_bot: StartBot) -> None:
     assert run.status in ("succeeded", "rejected"), run.error
     assert run.candidate_version is not None
     assert await bot.repository.get_model(run.candidate_version) is not None
-    refused = [call for call in bot.emulator.calls if call.params.get("chat_id") == ADMIN_CHAT["id"] and call.status == 403]
-    assert len(refused) >= 1
+    rejected = [call for call in bot.emulator.calls if call.params.get("chat_id") == ADMIN_CHAT["id"] and call.status == 403]
+    assert len(rejected) >= 1
     assert [call for call in bot.emulator.calls_to("sendPhoto") if call.ok and call.params.get("chat_id") == ADMIN_CHAT["id"]] == []
 
 
-async def test_non_admin_is_refused(retrain_bot: StartBot) -> None:
+async def test_non_admin_is_rejected(retrain_bot: StartBot) -> None:
     bot, supervisor = await retrain_bot()
-    refusal = text("admin_model.admins_only", "en")
+    rejection = text("admin_model.admins_only", "en")
     for name, args in (("retrain", ""), ("retrain", "cancel"), ("model", ""), ("rollback", "")):
         reply = await command(bot, ALICE, name, args)
-        assert message_text(reply) == refusal, name
+        assert message_text(reply) == rejection, name
     assert supervisor.active is None
     assert await bot.repository.latest_retrain_run() is None
 
@@ -365,3 +359,40 @@ async def test_restart_fails_stale_run_and_tells_admin(retrain_bot: StartBot) ->
     assert run.status == "failed"
     notice = text("admin_model.result.stale", "en", run_id=stale.id)
     assert notice in [message_text(message) for message in bot.emulator.sent_messages(ADMIN_CHAT["id"])]
+
+
+async def test_bot_stop_ends_run_and_tells_admin(retrain_bot: StartBot) -> None:
+    bot, supervisor = await retrain_bot()
+    bot.emulator.send_command(ADMIN, ADMIN_CHAT, "retrain")
+    await wait_for_phase(supervisor, JOB_PHASES)
+    pid = supervisor.process_id
+    assert pid is not None
+
+    await stop_retrain_supervisor(bot.context)
+
+    with pytest.raises(ProcessLookupError):
+        os.killpg(pid, 0)
+    run = await bot.repository.latest_retrain_run()
+    assert run is not None
+    assert run.status == "failed"
+    assert run.error == "the bot stopped during the run"
+    admin_messages = [message_text(message) for message in bot.emulator.sent_messages(ADMIN_CHAT["id"])]
+    assert any(line.startswith("❌") and "the bot stopped" in line for line in admin_messages)
+    assert leftover_work_dirs(bot) == []
+
+
+async def test_retrain_without_base_data_is_rejected(retrain_bot: StartBot) -> None:
+    bot, supervisor = await retrain_bot(retrain_base_data=None)
+    reply = await command(bot, ADMIN, "retrain")
+    assert message_text(reply) == text("admin_model.retrain.not_configured", "en")
+    assert supervisor.active is None
+    assert await bot.repository.latest_retrain_run() is None
+
+
+async def test_invalid_recipe_file_is_rejected(retrain_bot: StartBot, tmp_path: Path) -> None:
+    recipe = tmp_path / "bad-recipe.json"
+    recipe.write_text(json.dumps({"epochz": 3}), encoding="utf-8")
+    bot, supervisor = await retrain_bot(retrain_recipe_config=recipe)
+    reply = await command(bot, ADMIN, "retrain")
+    assert message_text(reply).startswith("The retraining settings are invalid: unknown recipe key 'epochz'")
+    assert await bot.repository.latest_retrain_run() is None

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 from telegram import Bot
 
-from bot.retrain import ProgressMessage, RunProgress, clean_model_dir, exit_error, progress_text
+from bot.model_registry import clean_model_dir
+from bot.retrain_progress import ProgressMessage, RunProgress, exit_error, progress_text
 from tests.emulator import TelegramEmulator, make_user, private_chat
 
 ADMIN = make_user(4242, "Admin")

@@ -47,7 +47,7 @@ def random_cache(samples: int = 20, views: int = 2, num_classes: int = 3) -> Fea
     )
 
 
-def test_cosine_schedule_steps_every_batch_down_to_eta_min():
+def test_cosine_schedule_per_batch():
     recipe = Recipe(epochs=3, batch_size=4, eta_min=1e-6, lr=5e-4)
     head = make_head()
     cache = random_cache(samples=10)

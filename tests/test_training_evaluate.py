@@ -40,7 +40,8 @@ def test_evaluate_writes_png_and_json(flowers5_bundle, flowers5_dir, tmp_path):
     assert report["version"] == flowers5_bundle.version
     image = Image.open(tmp_path / "eval" / "confusion.png")
     assert image.format == "PNG"
-    assert image.width > 200 and image.height > 200
+    assert image.width > 200
+    assert image.height > 200
 
 
 def test_evaluate_command_on_labelled_examples(flowers5_bundle, flowers5_val_photos, tmp_path, capsys):

@@ -61,7 +61,9 @@ def test_train_command_on_flowers5_writes_a_loadable_bundle(flowers5_dir, tmp_pa
     assert bundle.ood["score"] in ("energy", "msp")
     assert bundle.ood["threshold"] is not None
     assert bundle.ood["non_flower_source"] == "synthetic"
-    assert sorted(path.name for path in out.iterdir()) == ["bundle.json", "model.pt"]
+    assert {"bundle.json", "model.pt"} <= {path.name for path in out.iterdir()}
+    assert not (out / "checkpoint.pt").exists()
+    assert not (out / "features.pt").exists()
     model = bundle.build_torch_model()
     assert model.num_classes == 5
 
@@ -78,7 +80,7 @@ def test_cancelled_run_resumes_to_the_same_head(tmp_path):
     data = make_image_folder(tmp_path / "data", {"a": 3, "b": 3}, val_count=1)
     recipe = Recipe(epochs=4, batch_size=2, views=2, patience=0, seed=5, precision="fp32", **TINY)
 
-    # Cancel once the second epoch is reported: the checkpoint then holds epoch 2.
+    # Cancel once the second epoch is reported: the checkpoint then contains epoch 2.
     stopper = StopAfterEpochs(2)
     with pytest.raises(TrainingCancelled):
         train(recipe, str(data), "none", tmp_path / "resumed", progress=stopper.record, should_stop=stopper, show_progress_bar=False)

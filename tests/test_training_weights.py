@@ -82,7 +82,7 @@ def test_bundle_with_same_labels_keeps_its_head(tmp_path):
         assert torch.equal(model.state_dict()[key], value), key
 
 
-def test_bundle_with_other_labels_gets_a_new_linear_layer(tmp_path):
+def test_bundle_with_other_labels_new_head(tmp_path):
     bundle = new_random_bundle(LabelSet.from_names(["a", "b"]), tmp_path / "base", seed=5)
     source = bundle.state_dict()
     model, info = build_starting_model(tmp_path / "base", LabelSet.from_names(["a", "b", "c"]), seed=0)

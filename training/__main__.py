@@ -2,10 +2,10 @@
 
 Examples::
 
-    python -m training train --data ../shared/data/flowers5 --weights none --out build/flowers5-none
+    python -m training train --data data/flowers5 --weights none --out build/flowers5-none
     python -m training train --data flowers102 --download --weights imagenet --out build/oxford102
     torchrun --nproc_per_node 2 -m training train --data DIR --weights none --out build/ddp
-    python -m training evaluate --model build/flowers5-none --data ../shared/data/flowers5
+    python -m training evaluate --model build/flowers5-none --data data/flowers5
     python -m training export --model build/flowers5-none
     python -m training gradcam --model build/flowers5-none photo.jpg --out cam.png
 
@@ -20,7 +20,6 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Any
 
 from training.recipe import recipe_fields
 
@@ -40,7 +39,7 @@ def _add_data_options(parser: argparse.ArgumentParser, *, required: bool) -> Non
         "--data-root",
         metavar="DIR",
         default=None,
-        help="flowers102: the directory that holds (or receives) flowers-102/ (default: ./data)",
+        help="flowers102: the directory that contains flowers-102/, or receives it with --download (default: ./data)",
     )
     parser.add_argument("--download", action="store_true", help="flowers102: download the data set into --data-root if it is missing")
     parser.add_argument(
@@ -116,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="starting weights: 'imagenet' (torchvision IMAGENET1K_V1 from the torch hub cache, downloaded when missing), "
         "'none' (random init), a torchvision 1000-class state dict file, or a bundle directory (default: imagenet)",
     )
-    train.add_argument("--out", required=True, metavar="DIR", help="bundle directory to write; it also holds the resumable checkpoint while training")
+    train.add_argument("--out", required=True, metavar="DIR", help="bundle directory to write; while training it also contains the resumable checkpoint")
     train.add_argument("--config", metavar="FILE", help="JSON or YAML file of recipe values (a bundle.json works too)")
     train.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt, written after every epoch")
     train.add_argument(
@@ -152,7 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
     export = commands.add_parser(
         "export",
         help="write ONNX, TorchScript and int8 exports beside model.pt and record them in bundle.json",
-        description="Export a bundle and check each export against the fp32 model on sample images.",
+        description="Export a bundle and check each export against the fp32 model on sample images. "
+        "Exits with status 3 when an export is marked unfit for serving.",
     )
     export.add_argument("--model", required=True, metavar="DIR", help="bundle directory")
     export.add_argument(
@@ -188,6 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _configure_logging(level: str) -> None:
     logging.basicConfig(stream=sys.stderr, level=getattr(logging, level), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # The ONNX exporter's graph passes log one INFO line per rewritten initializer.
+    for noisy in ("onnx_ir", "onnxscript"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, getattr(logging, level)))
 
 
 def _run_train(args: argparse.Namespace) -> int:

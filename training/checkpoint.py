@@ -1,6 +1,6 @@
 """Resumable training checkpoints, written to `<out>/checkpoint.pt` after every epoch.
 
-A checkpoint holds the trained parameters (the head alone when the backbone
+A checkpoint contains the trained parameters (the head alone when the backbone
 is frozen, else the whole model), the optimizer, scheduler and early-stopping
 state, the best weights so far, the per-epoch history, the random number
 generator states, and the resolved recipe, data spec and weights spec. It is

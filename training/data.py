@@ -2,7 +2,7 @@
 
 A data source resolves to `Splits`: a label set and, per split, a list of
 `Sample(path, label)`. Images are decoded with `classifier.decode.decode_image`,
-the decoder serving uses, so training sees photos the way the bot does
+the decoder that serving uses, so training decodes photos as the bot does
 (EXIF rotation, HEIC, every Pillow mode converted to RGB).
 
 Sources (`DataSpec.source`):
@@ -53,7 +53,7 @@ class Sample:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class DataSpec:
-    """Where the training data comes from.
+    """The location and split settings of the training data.
 
     `source` is an ImageFolder directory or `flowers102`. `root` is the
     download directory of Oxford 102. `val_fraction` and `split_seed` split a
@@ -349,7 +349,7 @@ def resolve_examples(examples: Iterable[Any], labels: LabelSet) -> list[Sample]:
     """Turn extra labelled photos into samples.
 
     Each example is a `Sample`, a `(path, label)` pair or a mapping with
-    `path` and `label` keys; `label` is an output index or a class id of
+    `path` and `label` keys. The label is an output index or a class id of
     `labels`. A missing file or an unknown label raises ValueError naming it.
     """
     samples: list[Sample] = []

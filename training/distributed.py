@@ -4,6 +4,11 @@
 LOCAL_RANK. Training then joins a process group (NCCL on CUDA, gloo on the
 CPU), shards the samples across processes, and only rank 0 writes files or
 reports progress. Without those variables everything runs in one process.
+
+NOTE: only single-machine CPU runs (gloo, 2 processes) have been exercised.
+The NCCL path is written but untested here, and a multi-node run needs
+`--out` on a filesystem that every node shares, because all ranks read the
+checkpoint and the feature cache from it.
 """
 
 from __future__ import annotations
@@ -71,22 +76,8 @@ def all_gather_objects(context: DistributedContext, value: Any) -> list[Any]:
     return gathered
 
 
-def broadcast_object(context: DistributedContext, value: Any) -> Any:
-    """Return rank 0's `value` on every rank."""
-    if not context.enabled:
-        return value
-    holder = [value]
-    dist.broadcast_object_list(holder, src=0)
-    return holder[0]
-
-
-def shard(count: int, context: DistributedContext) -> list[int]:
-    """Return the positions of `count` items this rank handles: rank, rank + world, ..."""
-    return list(range(context.rank, count, context.world_size))
-
-
 def gather_sharded(context: DistributedContext, count: int, local: torch.Tensor) -> torch.Tensor:
-    """Reassemble rows computed by `shard` on every rank into one tensor of `count` rows, in order."""
+    """Reassemble `count` rows, where rank r computed rows r, r + world_size, ..., into one tensor in order."""
     if not context.enabled:
         return local
     pieces = all_gather_objects(context, local.cpu())

@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import logging
 import math
+import os
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
@@ -63,8 +64,6 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
 
 
 def usable_cpus() -> int:
-    import os
-
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:
@@ -128,8 +127,8 @@ class EpochSampler(Sampler):
     - Order: a seeded permutation, or with `weights`, `len(weights)` draws with
       replacement through `WeightedRandomSampler`.
     - Views: with `cached_views=K`, view numbers 0..K-1 drawn per position,
-      which are the views the feature cache holds; with None, a fresh view
-      number per position and epoch, so each epoch sees new augmentations.
+      which are the views the feature cache contains. With None, a fresh view
+      number per position and epoch, so each epoch draws new augmentations.
     - Processes: the epoch's keys are padded to a multiple of the world size
       and rank r takes positions r, r + world, ... (as DistributedSampler does).
 
@@ -261,7 +260,7 @@ def train_step(
 ) -> StepResult:
     """Run one optimizer step and one scheduler step.
 
-    `targets` holds class indices (N,) or soft CutMix targets (N x C). Accuracy
+    `targets` contains class indices (N,) or soft CutMix targets (N x C). Accuracy
     counts predictions equal to the hard label, the class with the largest
     target weight. The returned `grad_norm` is measured before clipping.
     """
@@ -357,14 +356,8 @@ def topk_correct(logits: torch.Tensor, labels: torch.Tensor, ks: Sequence[int] =
     return result
 
 
-def accuracy(logits: torch.Tensor, labels: torch.Tensor, k: int = 1) -> float:
-    if len(labels) == 0:
-        return float("nan")
-    return topk_correct(logits, labels, (k,))[k] / len(labels)
-
-
 class EarlyStopping:
-    """Tracks validation accuracy and says when `patience` epochs passed without improvement.
+    """Tracks validation accuracy and reports when `patience` epochs passed without improvement.
 
     An epoch improves when its value exceeds the best so far by more than
     `min_delta`. Patience 0 never stops.

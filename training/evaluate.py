@@ -104,7 +104,12 @@ def evaluate_bundle(
         source = "examples"
         split = "examples"
     else:
-        spec = data if isinstance(data, DataSpec) else (DataSpec(source=str(data)) if data is not None else recorded_data_spec(bundle))
+        if isinstance(data, DataSpec):
+            spec = data
+        elif data is not None:
+            spec = DataSpec(source=str(data))
+        else:
+            spec = recorded_data_spec(bundle)
         if spec is None:
             raise ValueError(f"bundle {bundle.path} records no training data; pass --data DIR or flowers102")
         splits = load_splits(spec)
@@ -224,7 +229,8 @@ def draw_confusion_matrix(matrix: np.ndarray, names: Sequence[str], *, title: st
     caption = 22
     left = label_width + caption
     top = title_height + label_width + caption
-    size = (left + count * cell + 10, top + count * cell + 10)
+    title_width = int(measure.textlength(title, font=title_font)) + 20
+    size = (max(left + count * cell + 10, title_width), top + count * cell + 10)
     image = Image.new("RGB", size, "white")
     draw = ImageDraw.Draw(image)
     draw.text((10, 8), title, fill="black", font=title_font)

@@ -12,7 +12,8 @@ Files, written beside `model.pt` and listed in bundle.json `exports`:
   later, the TorchScript exporter for opset 17), one self-contained file
   (no external data), input `input` (N, 3, H, W) float32 with a dynamic
   batch axis, output `logits` (N, C).
-- `model.torchscript.pt`: torch.jit.trace of the fp32 model.
+- `model.torchscript.pt`: torch.jit.trace of the fp32 model. torch 2.14
+  warns that torch.jit.trace is deprecated, but it still works.
 - `model.int8.torchscript.pt`: torch.ao.quantization.quantize_dynamic of
   every Linear layer to qint8 (ConvNeXt's pointwise layers are Linear, so
   this covers most of the compute), then traced.
@@ -172,6 +173,9 @@ def run_torchscript(path: Path, batch: np.ndarray) -> tuple[np.ndarray, float]:
 
 def quantize_int8(model: nn.Module) -> nn.Module:
     """Return a copy of `model` with every Linear layer dynamically quantized to int8 weights."""
+    # NOTE: torch 2.14 marks torch.ao.quantization as deprecated in favor of
+    # torchao (not a dependency here) but still ships it. This call needs a
+    # port to torchao's quantize_ once torch removes it.
     return torch.ao.quantization.quantize_dynamic(copy.deepcopy(model).eval(), {nn.Linear}, dtype=torch.qint8)
 
 

@@ -1,6 +1,6 @@
 """The frozen-backbone fast path: cache pooled backbone features, then train the head on them.
 
-With a frozen backbone in eval mode, the head sees `backbone(view)` for each
+With a frozen backbone in eval mode, the head receives `backbone(view)` for each
 training view, and that value never changes during training. So the
 backbone runs once per view: K seeded augmented views per training image and
 one center-crop view per validation image, 768 floats each. Each epoch then
@@ -31,7 +31,6 @@ from training.engine import (
     EpochAccumulator,
     EpochSampler,
     EpochStats,
-    autocast,
     batched,
     check_cancelled,
     frozen_features,
@@ -209,7 +208,7 @@ def train_head_epoch(
 ) -> EpochStats:
     """Train the head for one epoch on cached features, one view per drawn sample.
 
-    `head` may be wrapped in DistributedDataParallel; the sampler then holds
+    `head` may be wrapped in DistributedDataParallel. The sampler then yields
     this rank's share of the keys.
     """
     head.train()

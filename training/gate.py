@@ -1,11 +1,11 @@
 """The promotion gate: a retrained candidate replaces the serving model only if it is not worse.
 
 Both models are scored on the same images, so the comparison uses counts of
-correct top-1 answers, not rounded fractions. A split passes when
+correct top-1 predictions, not rounded fractions. A split passes when
 
     candidate_correct >= serving_correct - floor(tolerance * samples)
 
-so `tolerance=0` (the default) means "at least as many right answers". The
+so `tolerance=0` (the default) means "at least as many correct predictions". The
 candidate is promoted only when every split that has samples passes. The base
 validation split must have samples; the held-out corrections may be empty,
 and are then reported as skipped and left out of the decision.
@@ -63,7 +63,7 @@ class SplitComparison:
 
     @property
     def allowed_drop(self) -> int:
-        """Correct answers the candidate may lose against the serving model and still pass."""
+        """Correct predictions the candidate may lose against the serving model and still pass."""
         return math.floor(self.tolerance * self.samples)
 
     @property
@@ -204,7 +204,7 @@ def run_gate(
     """Evaluate both bundles on the base val split and on the held-out corrections, then decide.
 
     `base_data` is a `training.data.DataSpec` or a source string. `holdout`
-    holds `{"path", "label"}` photos, label being a class id. Reports and
+    contains `{"path", "label"}` photos, label being a class id. Reports and
     confusion matrices go to `out/<split>/<candidate|serving>/`; the
     candidate's base-val confusion matrix is the PNG the admin gets.
     """

@@ -1,9 +1,9 @@
 """Grad-CAM (Selvaraju et al., 2017) on the last ConvNeXt stage, drawn over the photo.
 
-The heat map is ReLU(sum over channels k of w_k * A_k), where A is the
-output of `model.features[-1]` (768 x 7 x 7 for a 224-pixel input) and w_k
-is the spatial mean of d(logit of the class) / d(A_k). It covers the center
-crop the model sees, so the overlay is drawn on that region of the photo.
+The heat map is ReLU(sum over channels k of w_k * A_k). A is the output of
+`model.features[-1]` (768 x 7 x 7 for a 224-pixel input), and w_k is the
+spatial mean of d(logit of the class) / d(A_k). The map covers the center
+crop that the model receives, so the overlay is drawn on that region of the photo.
 """
 
 from __future__ import annotations

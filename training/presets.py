@@ -6,12 +6,8 @@ import torch
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import transforms as T
 
+from classifier.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from training.recipe import Recipe
-
-# ImageNet channel statistics. Pretrained ConvNeXt weights expect inputs
-# normalized with them; serving (classifier.preprocess) uses the same values.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class ClassificationPresetTrain:

@@ -40,8 +40,8 @@ class Recipe:
     ConvNeXt-Tiny, which is the configuration a CPU-only user can afford.
     """
 
-    # Optimization. AdamW with decoupled weight decay is the optimizer
-    # ConvNeXt was trained with; 5e-4 suits a freshly initialized head.
+    # Optimization. ConvNeXt was trained with AdamW (decoupled weight decay),
+    # so the head is too. The rate is for a freshly initialized head.
     lr: float = _option(5e-4, "peak learning rate of AdamW")
     weight_decay: float = _option(0.05, "AdamW decoupled weight decay")
     epochs: int = _option(100, "maximum number of epochs; early stopping usually ends sooner")
@@ -119,19 +119,23 @@ class Recipe:
 
     def validate(self) -> None:
         """Raise ValueError naming the first field whose value is out of range."""
+
         positive = ("lr", "epochs", "batch_size", "crop_size", "resize_size", "views", "eval_batch_size", "calibration_bins")
         for name in positive:
             if not getattr(self, name) > 0:
                 raise ValueError(f"recipe.{name} must be positive, got {getattr(self, name)!r}")
+
         non_negative = ("ood_synthetic", "weight_decay", "eta_min", "clip_grad_norm", "patience", "min_delta", "brightness", "contrast", "rotation_degrees", "cutmix_alpha")
         for name in non_negative:
             value = getattr(self, name)
             if not (value >= 0 and math.isfinite(value)):
                 raise ValueError(f"recipe.{name} must be a finite number >= 0, got {value!r}")
+
         fractions = ("label_smoothing", "cutmix_prob", "hflip_prob", "ood_max_false_reject")
         for name in fractions:
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"recipe.{name} must be within [0, 1], got {getattr(self, name)!r}")
+
         if not 0.0 < self.crop_scale_min <= 1.0:
             raise ValueError(f"recipe.crop_scale_min must be within (0, 1], got {self.crop_scale_min!r}")
         if not 0.0 <= self.ood_percentile < 100.0:
@@ -144,6 +148,7 @@ class Recipe:
             raise ValueError(f"recipe.resize_size ({self.resize_size}) must be >= recipe.crop_size ({self.crop_size})")
         if self.workers < -1:
             raise ValueError(f"recipe.workers must be -1 (auto) or >= 0, got {self.workers!r}")
+
         for field in dataclasses.fields(self):
             choices = field.metadata.get("choices")
             if choices and getattr(self, field.name) not in choices:
@@ -185,9 +190,9 @@ class Recipe:
     def from_bundle(cls, recorded: Mapping[str, Any]) -> Recipe:
         """Rebuild the recipe a bundle was trained with from its `recipe` dict.
 
-        Keys of the run record (data, weights, run) are skipped, and keys this
-        version of the code no longer knows are skipped with a warning, so a
-        retrain can start from an older bundle's recipe.
+        Keys of the run record (data, weights, run) are skipped. Keys that
+        this version of the code does not define are skipped with a warning,
+        so a retrain can start from an older bundle's recipe.
         """
         known = {field.name for field in dataclasses.fields(cls)}
         values = {}
@@ -195,7 +200,7 @@ class Recipe:
             if key in RUN_RECORD_KEYS:
                 continue
             if key not in known:
-                logger.warning("skipping recipe key %r from the bundle: this version does not know it", key)
+                logger.warning("skipping recipe key %r from the bundle: this version does not define it", key)
                 continue
             values[key] = value
         return cls.from_mapping(values)
@@ -224,7 +229,7 @@ def _coerce(field: dataclasses.Field, value: Any) -> Any:
 def read_config(path: str | Path) -> dict[str, Any]:
     """Read a recipe config file: JSON (`.json`) or YAML (`.yaml`, `.yml`).
 
-    The file holds a mapping of recipe keys; a top-level `recipe` key, as
+    The file contains a mapping of recipe keys. A top-level `recipe` key, as
     written in bundle.json, is also accepted.
     """
     path = Path(path)

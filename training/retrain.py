@@ -60,7 +60,7 @@ EXIT_CANCELLED = 3
 # gate rejecting it. It is ignored unless this variable is "1" in the job's environment.
 TESTING_ENV = "FLOWERBOT_TESTING"
 # "negate_head" flips the sign of the final Linear layer, so the class the
-# trained model ranks last wins; a trained model then scores well below chance.
+# trained model ranks last wins. A trained model then scores well below chance.
 SABOTAGE_MODES = ("negate_head",)
 HEAD_LINEAR_KEYS = ("classifier.2.weight", "classifier.2.bias")
 
@@ -78,7 +78,7 @@ class RetrainJob:
     `examples` are photos with a confirmed or corrected label:
     `{"path", "label", "image_sha256", "prediction_id"}`, label being a class
     id. `not_flower` are photos marked "not a flower": `{"path", "image_sha256"}`.
-    `recipe` holds recipe overrides (`training.recipe.Recipe` field names).
+    `recipe` contains recipe overrides (`training.recipe.Recipe` field names).
     `threads` caps torch's intra-op threads (None leaves torch's default) and
     `nice` is added to the process niceness, so serving in the bot process
     keeps priority over training.
@@ -413,9 +413,12 @@ def install_stop_handlers(flag: StopFlag, *, watch_stdin: bool) -> None:
 
         def watch() -> None:
             # The supervisor never writes to our stdin; EOF means its end of the pipe closed.
+            # A raw os.read holds no lock of sys.stdin, which a daemon thread blocked at
+            # interpreter shutdown would otherwise still own (a fatal error at exit).
             try:
-                sys.stdin.buffer.read()
-            except (OSError, ValueError):
+                while os.read(0, 4096):
+                    pass
+            except OSError:
                 pass
             flag.set("the supervisor closed stdin (the bot process is gone)")
 

@@ -3,15 +3,16 @@
 Phases: load the data, build the starting weights, then either
 
 - the feature-cache path (frozen backbone, the default): extract backbone
-  features of K augmented views per training image and of the validation
-  images once, then train the head on them; or
+  features once, for K augmented views per training image and for each
+  validation image. Then train the head on them.
 - the plain path (`--finetune`, `--no-feature-cache`, or CutMix): run the
-  backbone on every batch;
+  backbone on every batch.
 
-then restore the weights of the best validation epoch, fit the calibration
-temperature and the OOD threshold on validation logits, and write the bundle
-atomically. Across processes (torchrun) every rank trains on its shard and
-rank 0 alone writes files and reports progress.
+Afterwards training restores the weights of the best validation epoch,
+fits the calibration temperature and the OOD threshold on validation
+logits, and writes the bundle atomically. Across processes (torchrun)
+every rank trains on its shard, and rank 0 alone writes files and reports
+progress.
 
 The bot's retraining runs this same code, through `train(...)` or the command.
 """
@@ -19,11 +20,14 @@ The bot's retraining runs this same code, through `train(...)` or the command.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import os
 import random
 import shutil
+import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -37,6 +41,7 @@ from torch.utils.data import DataLoader
 
 from classifier.bundle import Bundle, new_version_id
 from classifier.preprocess import Preprocessing
+from classifier.references import add_reference_photos
 from training import checkpoint as checkpoints
 from training.calibration import fit_calibration, fit_ood
 from training.data import (
@@ -243,11 +248,204 @@ def fit(
 # The library entry
 
 
+@dataclasses.dataclass
+class Run:
+    """The state that both training paths share within one `train` call."""
+
+    recipe: Recipe
+    model: nn.Module
+    labels: Any
+    train_samples: list[Sample]
+    val_samples: list[Sample]
+    val_labels: torch.Tensor
+    sample_weights: torch.Tensor | None
+    device: torch.device
+    precision: str
+    workers: int
+    context: DistributedContext
+    reporter: ProgressReporter
+    timings: dict[str, float]
+    features_path: Path
+    save_checkpoint: Callable[[dict[str, Any]], None]
+    resume_state: dict[str, Any] | None
+    should_stop: Callable[[], bool] | None
+    show_progress_bar: bool
+
+    @property
+    def loader_options(self) -> dict[str, Any]:
+        """Keyword arguments of `extract_features` and `predict_logits`."""
+        return {
+            "batch_size": self.recipe.eval_batch_size,
+            "workers": self.workers,
+            "context": self.context,
+            "show_progress_bar": self.show_progress_bar,
+            "should_stop": self.should_stop,
+            "device": self.device,
+            "precision": self.precision,
+        }
+
+    def sampler(self, cached_views: int | None) -> EpochSampler:
+        return EpochSampler(
+            len(self.train_samples),
+            seed=self.recipe.seed,
+            weights=self.sample_weights,
+            cached_views=cached_views,
+            rank=self.context.rank,
+            world_size=self.context.world_size,
+        )
+
+    def fit(self, trained: nn.Module, run_epoch, validate, optimizer, scheduler, sampler) -> dict[str, Any]:
+        return fit(
+            trained=trained,
+            run_epoch=run_epoch,
+            validate=validate,
+            recipe=self.recipe,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            sampler=sampler,
+            reporter=self.reporter,
+            save_checkpoint=self.save_checkpoint,
+            resume_state=self.resume_state,
+            should_stop=self.should_stop,
+        )
+
+
+def load_or_extract_features(run: Run) -> FeatureCache:
+    """Return the feature cache: read from `features.pt` when its fingerprint matches, else computed and saved."""
+    recipe, model = run.recipe, run.model
+    fingerprint = cache_fingerprint(model, run.train_samples, run.val_samples, recipe, run.precision)
+    cache = FeatureCache.load(run.features_path, fingerprint)
+    if cache is not None:
+        logger.info("reusing cached features from %s", run.features_path)
+        return cache
+
+    views = SeededViews(run.train_samples, train_preset(recipe), recipe.seed)
+    train_keys = [(index, view) for index in range(len(run.train_samples)) for view in range(recipe.views)]
+    train_features = extract_features(model, views, train_keys, reporter=run.reporter, description="features", **run.loader_options)
+    val_images = ImageSamples(run.val_samples, eval_preset(recipe))
+    val_features = extract_features(model, val_images, list(range(len(run.val_samples))), description="val features", **run.loader_options)
+    cache = FeatureCache(
+        train=train_features.view(len(run.train_samples), recipe.views, -1),  # (N, K, 768)
+        train_labels=torch.tensor([sample.label for sample in run.train_samples], dtype=torch.long),
+        val=val_features,  # (M, 768)
+        val_labels=run.val_labels,
+        fingerprint=fingerprint,
+    )
+    if run.context.is_main:
+        cache.save(run.features_path)
+    return cache
+
+
+def train_on_cached_features(run: Run) -> tuple[dict[str, Any], torch.Tensor]:
+    """Extract (or reuse) the feature cache, then fit the head on it; return the fit result and val logits."""
+    run.reporter.phase("features")
+    with timed(run.timings, "features"):
+        cache = load_or_extract_features(run)
+
+    run.reporter.phase("train")
+    with timed(run.timings, "train"):
+        head = run.model.head
+        trained = wrap_distributed(head, run.context, run.device)
+        sampler = run.sampler(cached_views=run.recipe.views)
+        optimizer = build_optimizer(head, run.recipe)
+        scheduler = build_scheduler(optimizer, run.recipe, math.ceil(len(sampler) / run.recipe.batch_size))
+
+        def run_epoch(epoch: int) -> EpochStats:
+            return train_head_epoch(
+                trained,
+                cache,
+                sampler,
+                optimizer=optimizer,
+                scheduler=scheduler,
+                recipe=run.recipe,
+                device=run.device,
+                context=run.context,
+                should_stop=run.should_stop,
+            )
+
+        def validate() -> tuple[float, float]:
+            return validation_metrics(head_logits(head, cache.val, device=run.device), cache.val_labels)
+
+        result = run.fit(head, run_epoch, validate, optimizer, scheduler, sampler)
+        return result, head_logits(head, cache.val, device=run.device)
+
+
+def train_on_images(run: Run) -> tuple[dict[str, Any], torch.Tensor]:
+    """Fit with the backbone run on every batch (fine-tuning, CutMix, or no cache); return the fit result and val logits."""
+    recipe, model = run.recipe, run.model
+    run.reporter.phase("train")
+    with timed(run.timings, "train"):
+        trained_module = model if recipe.finetune else model.head
+        trained = wrap_distributed(trained_module, run.context, run.device)
+        sampler = run.sampler(cached_views=recipe.views if recipe.fixed_views else None)
+        loader = DataLoader(
+            SeededViews(run.train_samples, train_preset(recipe), recipe.seed),
+            batch_size=recipe.batch_size,
+            sampler=sampler,
+            num_workers=run.workers,
+            pin_memory=run.device.type == "cuda",
+        )
+        optimizer = build_optimizer(trained_module, recipe)
+        scheduler = build_scheduler(optimizer, recipe, len(loader))
+        val_images = ImageSamples(run.val_samples, eval_preset(recipe))
+        val_keys = list(range(len(run.val_samples)))
+
+        def run_epoch(epoch: int) -> EpochStats:
+            return train_plain_epoch(
+                model,
+                loader,
+                trained=trained,
+                optimizer=optimizer,
+                scheduler=scheduler,
+                recipe=recipe,
+                device=run.device,
+                precision=run.precision,
+                num_classes=len(run.labels),
+                context=run.context,
+                should_stop=run.should_stop,
+                show_progress_bar=run.show_progress_bar,
+                description=f"epoch {epoch + 1}",
+            )
+
+        def val_logits() -> torch.Tensor:
+            return predict_logits(model, val_images, val_keys, description="val", **run.loader_options)
+
+        result = run.fit(trained_module, run_epoch, lambda: validation_metrics(val_logits(), run.val_labels), optimizer, scheduler, sampler)
+        return result, val_logits()
+
+
+def calibrate(run: Run, val_logits: torch.Tensor, non_flower_paths: list[Path]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Fit the temperature and the OOD score and threshold; return (calibration, ood) for the bundle."""
+    recipe = run.recipe
+    calibration = fit_calibration(val_logits, run.val_labels, bins=recipe.calibration_bins)
+    eval_transform = eval_preset(recipe)
+
+    non_flower_logits = None
+    if non_flower_paths:
+        photos = ImageSamples([Sample(path, -1) for path in non_flower_paths], eval_transform)
+        non_flower_logits = predict_logits(run.model, photos, list(range(len(photos))), description="non-flower", **run.loader_options)
+
+    synthetic_logits = None
+    if recipe.ood_synthetic > 0:
+        images = InMemoryImages(synthetic_non_flowers(recipe.ood_synthetic, seed=recipe.seed), eval_transform)
+        synthetic_logits = predict_logits(run.model, images, list(range(len(images))), description="synthetic", **run.loader_options)
+
+    ood = fit_ood(
+        val_logits,
+        temperature=calibration["temperature"],
+        percentile=recipe.ood_percentile,
+        max_false_reject=recipe.ood_max_false_reject,
+        non_flower_logits=non_flower_logits,
+        synthetic_logits=synthetic_logits,
+    )
+    return calibration, ood
+
+
 def train(
     recipe: Recipe,
     data_spec: DataSpec | str,
-    weights: str | os.PathLike = "none",
-    out: str | os.PathLike = "build/model",
+    weights: str | os.PathLike,
+    out: str | os.PathLike,
     progress: ProgressCallback | None = None,
     extra_examples: Iterable[Any] | None = None,
     should_stop: Callable[[], bool] | None = None,
@@ -262,9 +460,9 @@ def train(
     - `recipe`: hyperparameters (`Recipe()` for the defaults).
     - `data_spec`: a `DataSpec`, an ImageFolder directory, or 'flowers102'.
     - `weights`: 'imagenet', 'none', a state dict file or a bundle directory.
-    - `out`: the bundle directory. During training it also holds
+    - `out`: the bundle directory. During training it also contains
       `checkpoint.pt` (and `features.pt` on the feature-cache path), which
-      `resume=True` continues from; the finished bundle replaces them.
+      `resume=True` continues from. The finished bundle replaces them.
     - `progress`: called with each progress event dict (see training.progress).
     - `extra_examples`: labelled photos added to the training split:
       `(path, label)` pairs or `{"path", "label"}` dicts, where the label is a
@@ -277,17 +475,17 @@ def train(
     spec = data_spec if isinstance(data_spec, DataSpec) else DataSpec(source=str(data_spec))
     out = Path(out)
     started = time.monotonic()
-    device = resolve_device(device)
-    context = init_distributed(device)
-    if context.enabled and device.type == "cuda":
-        device = torch.device("cuda", context.local_rank)
+    torch_device = resolve_device(device)
+    context = init_distributed(torch_device)
+    if context.enabled and torch_device.type == "cuda":
+        torch_device = torch.device("cuda", context.local_rank)
     reporter = ProgressReporter(progress, enabled=context.is_main)
-    precision = resolve_precision(recipe.precision, device)
+    precision = resolve_precision(recipe.precision, torch_device)
     workers = resolve_workers(recipe.workers)
     timings: dict[str, float] = {}
     logger.info(
         "training on %s (%s, %d process%s, %d loader workers) into %s",
-        device,
+        torch_device,
         precision,
         context.world_size,
         "" if context.world_size == 1 else "es",
@@ -300,236 +498,93 @@ def train(
     reporter.phase("load_data")
     with timed(timings, "load_data"):
         splits = load_splits(spec)
-        labels = splits.labels
-        extra = resolve_examples(extra_examples or [], labels)
+        extra = resolve_examples(extra_examples or [], splits.labels)
         train_samples = splits.train + extra
-        val_samples = splits.val
-        non_flower_paths = [Path(path) for path in (non_flower_examples or [])]
         if extra:
             logger.info("added %d extra labelled photos to the training split", len(extra))
 
     # Model: the starting weights, with the backbone frozen unless fine-tuning.
     reporter.phase("weights")
     with timed(timings, "weights"):
-        model, weights_info = build_starting_model(weights, labels, seed=recipe.seed)
-        model.to(device)
+        model, weights_info = build_starting_model(weights, splits.labels, seed=recipe.seed)
+        model.to(torch_device)
         if not recipe.finetune:
             model.freeze_backbone()
     seed_everything(recipe.seed)
 
+    # Resumable state in `out`, written by rank 0 after every epoch.
     checkpoint_path = out / checkpoints.CHECKPOINT_NAME
-    features_path = out / checkpoints.FEATURES_NAME
     run_record = {"data": spec.to_dict(), "weights": str(weights)}
     resume_state = None
-    if resume:
-        if checkpoint_path.is_file():
-            resume_state = checkpoints.load_checkpoint(checkpoint_path)
-            checkpoints.check_resumable(resume_state, recipe=recipe.to_dict(), path=checkpoint_path, **run_record)
-        else:
-            logger.warning("--resume: no checkpoint at %s; starting from epoch 1", checkpoint_path)
+    if resume and checkpoint_path.is_file():
+        resume_state = checkpoints.load_checkpoint(checkpoint_path)
+        checkpoints.check_resumable(resume_state, recipe=recipe.to_dict(), path=checkpoint_path, **run_record)
+    elif resume:
+        logger.warning("--resume: no checkpoint at %s; starting from epoch 1", checkpoint_path)
 
     def save_checkpoint(state: dict[str, Any]) -> None:
         if context.is_main:
             checkpoints.save_checkpoint(checkpoint_path, {**state, "recipe": recipe.to_dict(), **run_record})
 
-    weighted = should_weight_samples(recipe, [sample.label for sample in train_samples], len(labels))
-    weights_per_sample = sample_weights([s.label for s in train_samples], len(labels)) if weighted else None
-    loader_options = {"batch_size": recipe.eval_batch_size, "workers": workers, "context": context, "show_progress_bar": show_progress_bar, "should_stop": should_stop}
-    eval_transform = eval_preset(recipe)
-    val_labels = torch.tensor([sample.label for sample in val_samples], dtype=torch.long)
-
+    train_labels = [sample.label for sample in train_samples]
+    weighted = should_weight_samples(recipe, train_labels, len(splits.labels))
+    run = Run(
+        recipe=recipe,
+        model=model,
+        labels=splits.labels,
+        train_samples=train_samples,
+        val_samples=splits.val,
+        val_labels=torch.tensor([sample.label for sample in splits.val], dtype=torch.long),
+        sample_weights=sample_weights(train_labels, len(splits.labels)) if weighted else None,
+        device=torch_device,
+        precision=precision,
+        workers=workers,
+        context=context,
+        reporter=reporter,
+        timings=timings,
+        features_path=out / checkpoints.FEATURES_NAME,
+        save_checkpoint=save_checkpoint,
+        resume_state=resume_state,
+        should_stop=should_stop,
+        show_progress_bar=show_progress_bar,
+    )
     if recipe.uses_feature_cache:
-        # Features of K views per training image and of every validation image, once.
-        reporter.phase("features")
-        with timed(timings, "features"):
-            fingerprint = cache_fingerprint(model, train_samples, val_samples, recipe, precision)
-            cache = FeatureCache.load(features_path, fingerprint)
-            if cache is None:
-                views = SeededViews(train_samples, train_preset(recipe), recipe.seed)
-                train_keys = [(index, view) for index in range(len(train_samples)) for view in range(recipe.views)]
-                train_features = extract_features(
-                    model, views, train_keys, device=device, precision=precision, reporter=reporter, description="features", **loader_options
-                )
-                val_features = extract_features(
-                    model,
-                    ImageSamples(val_samples, eval_transform),
-                    list(range(len(val_samples))),
-                    device=device,
-                    precision=precision,
-                    description="val features",
-                    **loader_options,
-                )
-                cache = FeatureCache(
-                    train=train_features.view(len(train_samples), recipe.views, -1),
-                    train_labels=torch.tensor([sample.label for sample in train_samples], dtype=torch.long),
-                    val=val_features,
-                    val_labels=val_labels,
-                    fingerprint=fingerprint,
-                )
-                if context.is_main:
-                    cache.save(features_path)
-            else:
-                logger.info("reusing cached features from %s", features_path)
-
-        reporter.phase("train")
-        with timed(timings, "train"):
-            trained = wrap_distributed(model.head, context, device)
-            sampler = EpochSampler(
-                len(train_samples),
-                seed=recipe.seed,
-                weights=weights_per_sample,
-                cached_views=recipe.views,
-                rank=context.rank,
-                world_size=context.world_size,
-            )
-            optimizer = build_optimizer(model.head, recipe)
-            scheduler = build_scheduler(optimizer, recipe, math.ceil(len(sampler) / recipe.batch_size))
-
-            def run_epoch(epoch: int) -> EpochStats:
-                return train_head_epoch(
-                    trained, cache, sampler, optimizer=optimizer, scheduler=scheduler, recipe=recipe, device=device, context=context, should_stop=should_stop
-                )
-
-            def validate() -> tuple[float, float]:
-                return validation_metrics(head_logits(model.head, cache.val, device=device), cache.val_labels)
-
-            result = fit(
-                trained=model.head,
-                run_epoch=run_epoch,
-                validate=validate,
-                recipe=recipe,
-                optimizer=optimizer,
-                scheduler=scheduler,
-                sampler=sampler,
-                reporter=reporter,
-                save_checkpoint=save_checkpoint,
-                resume_state=resume_state,
-                should_stop=should_stop,
-            )
-            val_logits = head_logits(model.head, cache.val, device=device)
+        result, val_logits = train_on_cached_features(run)
     else:
-        reporter.phase("train")
-        with timed(timings, "train"):
-            trained_module = model if recipe.finetune else model.head
-            trained = wrap_distributed(trained_module, context, device)
-            sampler = EpochSampler(
-                len(train_samples),
-                seed=recipe.seed,
-                weights=weights_per_sample,
-                cached_views=recipe.views if recipe.fixed_views else None,
-                rank=context.rank,
-                world_size=context.world_size,
-            )
-            loader = DataLoader(
-                SeededViews(train_samples, train_preset(recipe), recipe.seed),
-                batch_size=recipe.batch_size,
-                sampler=sampler,
-                num_workers=workers,
-                pin_memory=device.type == "cuda",
-            )
-            optimizer = build_optimizer(trained_module, recipe)
-            scheduler = build_scheduler(optimizer, recipe, len(loader))
-            val_dataset = ImageSamples(val_samples, eval_transform)
-            val_keys = list(range(len(val_samples)))
-
-            def run_epoch(epoch: int) -> EpochStats:
-                return train_plain_epoch(
-                    model,
-                    loader,
-                    trained=trained,
-                    optimizer=optimizer,
-                    scheduler=scheduler,
-                    recipe=recipe,
-                    device=device,
-                    precision=precision,
-                    num_classes=len(labels),
-                    context=context,
-                    should_stop=should_stop,
-                    show_progress_bar=show_progress_bar,
-                    description=f"epoch {epoch + 1}",
-                )
-
-            def validate() -> tuple[float, float]:
-                logits = predict_logits(model, val_dataset, val_keys, device=device, precision=precision, description="val", **loader_options)
-                return validation_metrics(logits, val_labels)
-
-            result = fit(
-                trained=trained_module,
-                run_epoch=run_epoch,
-                validate=validate,
-                recipe=recipe,
-                optimizer=optimizer,
-                scheduler=scheduler,
-                sampler=sampler,
-                reporter=reporter,
-                save_checkpoint=save_checkpoint,
-                resume_state=resume_state,
-                should_stop=should_stop,
-            )
-            val_logits = predict_logits(model, val_dataset, val_keys, device=device, precision=precision, description="val", **loader_options)
+        result, val_logits = train_on_images(run)
 
     # Calibration and OOD rejection on the best weights' validation logits.
     reporter.phase("calibrate")
     with timed(timings, "calibrate"):
-        calibration = fit_calibration(val_logits, val_labels, bins=recipe.calibration_bins)
-        non_flower_logits = None
-        if non_flower_paths:
-            non_flower_logits = predict_logits(
-                model,
-                ImageSamples([Sample(path, -1) for path in non_flower_paths], eval_transform),
-                list(range(len(non_flower_paths))),
-                device=device,
-                precision=precision,
-                description="non-flower",
-                **loader_options,
-            )
-        synthetic_logits = None
-        if recipe.ood_synthetic > 0:
-            synthetic_logits = predict_logits(
-                model,
-                InMemoryImages(synthetic_non_flowers(recipe.ood_synthetic, seed=recipe.seed), eval_transform),
-                list(range(recipe.ood_synthetic)),
-                device=device,
-                precision=precision,
-                description="synthetic",
-                **loader_options,
-            )
-        ood = fit_ood(
-            val_logits,
-            temperature=calibration["temperature"],
-            percentile=recipe.ood_percentile,
-            max_false_reject=recipe.ood_max_false_reject,
-            non_flower_logits=non_flower_logits,
-            synthetic_logits=synthetic_logits,
-        )
+        calibration, ood = calibrate(run, val_logits, [Path(path) for path in (non_flower_examples or [])])
 
-    val_top1, val_top5 = validation_metrics(val_logits, val_labels)
+    val_top1, val_top5 = validation_metrics(val_logits, run.val_labels)
     metrics = {
         "val_top1": val_top1,
         "val_top5": val_top5,
-        "val_per_class": per_class_accuracy(val_logits, val_labels, len(labels)),
+        "val_per_class": per_class_accuracy(val_logits, run.val_labels, len(splits.labels)),
         "best_epoch": result["best_epoch"],
         "epochs_run": result["epochs_run"],
         "stopped_early": result["stopped_early"],
         "history": result["history"],
         "train_samples": len(train_samples),
         "extra_samples": len(extra),
-        "val_samples": len(val_samples),
+        "val_samples": len(splits.val),
         "timings_s": timings,
     }
-    run = {
+    execution = {
         "path": "feature_cache" if recipe.uses_feature_cache else "plain",
         "precision": precision,
-        "device": device.type,
+        "device": torch_device.type,
         "world_size": context.world_size,
         "sampler": "weighted" if weighted else "uniform",
         "torch": torch.__version__,
     }
     bundle = Bundle(
         version=new_version_id(),
-        labels=labels,
+        labels=splits.labels,
         preprocessing=Preprocessing(resize=recipe.resize_size, crop=recipe.crop_size, interpolation=recipe.interpolation),
-        recipe={**recipe.to_dict(), "data": spec.to_dict(), "weights": weights_info.to_dict(), "run": run},
+        recipe={**recipe.to_dict(), "data": spec.to_dict(), "weights": weights_info.to_dict(), "run": execution},
         metrics=metrics,
         calibration=calibration,
         ood=ood,
@@ -537,21 +592,15 @@ def train(
     bundle.set_state_dict(cpu_state_dict(model))
 
     reporter.phase("save")
-    with timed(timings, "save"):
-        if context.is_main:
-            save_bundle_over_training_files(bundle, out)
+    if context.is_main:
+        # Reference photos come from the base training split only: photos people sent are never shown to others.
+        with tempfile.TemporaryDirectory(prefix="flowerbot-references-") as scratch:
+            reference_files = add_reference_photos(bundle, [(sample.path, sample.label) for sample in splits.train], scratch, seed=recipe.seed)
+            save_bundle_over_training_files(bundle, out, extra_files=reference_files)
     barrier(context)
     total = time.monotonic() - started
     logger.info("val top-1 %.4f, top-5 %.4f; bundle %s written to %s in %.1f s", val_top1, val_top5, bundle.version, out, total)
-    reporter.emit(
-        "done",
-        out=str(out),
-        version=bundle.version,
-        val_acc=val_top1,
-        val_top5=val_top5,
-        epochs_run=result["epochs_run"],
-        seconds=total,
-    )
+    reporter.emit("done", out=str(out), version=bundle.version, val_acc=val_top1, val_top5=val_top5, epochs_run=result["epochs_run"], seconds=total)
     return bundle
 
 
@@ -566,12 +615,12 @@ def per_class_accuracy(logits: torch.Tensor, labels: torch.Tensor, num_classes: 
     return result
 
 
-def save_bundle_over_training_files(bundle: Bundle, out: Path) -> None:
+def save_bundle_over_training_files(bundle: Bundle, out: Path, *, extra_files: dict[str, Path] | None = None) -> None:
     """Save `bundle` to `out`, which may hold only the training checkpoint and feature cache.
 
     The training files are moved to a sibling directory first, because the
-    bundle replaces `out` as a whole; they are deleted once the bundle is in
-    place and moved back if saving fails, so a failed save can still resume.
+    bundle replaces `out` as a whole. They are deleted once the bundle is in
+    place, and moved back if saving fails, so a failed save can still resume.
     """
     training_files = [out / checkpoints.CHECKPOINT_NAME, out / checkpoints.FEATURES_NAME]
     present = [path for path in training_files if path.is_file()]
@@ -583,7 +632,7 @@ def save_bundle_over_training_files(bundle: Bundle, out: Path) -> None:
     if out.is_dir() and not any(out.iterdir()):
         out.rmdir()
     try:
-        bundle.save(out)
+        bundle.save(out, extra_files=extra_files)
     except BaseException:
         out.mkdir(parents=True, exist_ok=True)
         for path in present:
@@ -591,3 +640,10 @@ def save_bundle_over_training_files(bundle: Bundle, out: Path) -> None:
         shutil.rmtree(aside, ignore_errors=True)
         raise
     shutil.rmtree(aside, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run `python -m training train` with `argv` (the flags after `train`); return the exit status."""
+    from training.__main__ import main as command_main
+
+    return command_main(["train", *(sys.argv[1:] if argv is None else argv)])

@@ -7,9 +7,9 @@
 - a file: a torchvision 1000-class ConvNeXt-Tiny state dict (backbone and
   head LayerNorm are copied, the Linear layer starts random), or a FlowerNet
   state dict (`model.pt` of a bundle).
-- a bundle directory: its backbone and head LayerNorm always; its Linear
-  layer too when its label set has the same class ids in the same order,
-  else a new Linear layer for the training label set.
+- a bundle directory: its backbone and head LayerNorm. Its Linear layer is
+  kept when its label set has the same class ids in the same order.
+  Otherwise the training label set gets a new Linear layer.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ LINEAR_KEYS = ("classifier.2.weight", "classifier.2.bias")
 
 @dataclasses.dataclass(frozen=True)
 class WeightsInfo:
-    """Where the starting weights came from; stored in the bundle's recipe."""
+    """The origin of the starting weights, stored in the bundle's recipe."""
 
     kind: str  # imagenet, none, torchvision_file, flowernet_file, bundle
     source: str | None = None
@@ -108,7 +108,7 @@ def build_starting_model(weights: str | Path, labels: LabelSet, *, seed: int) ->
     state_dict = {key.removeprefix("module."): value for key, value in state_dict.items()}
     model = build_model(num_classes)
     if _is_flowernet_state_dict(state_dict):
-        # A bare FlowerNet state dict says nothing about its classes, so its Linear layer is not reused.
+        # A bare FlowerNet state dict records no classes, so its Linear layer is not reused.
         _load_flowernet_backbone(model, state_dict, keep_linear=False)
         return model, WeightsInfo(kind="flowernet_file", source=str(path.resolve()))
     load_torchvision_state_dict(model, state_dict)

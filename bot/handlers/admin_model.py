@@ -16,7 +16,8 @@ from bot.commands import add_menu_command
 from bot.context import BotContext, get_bot_context
 from bot.handlers.language import user_language
 from bot.i18n import text
-from bot.retrain import RetrainError, gate_lines, get_supervisor, percent, phase_name
+from bot.retrain import RetrainError, get_supervisor
+from bot.retrain_progress import gate_lines, percent, phase_name
 from classifier.bundle import BundleError
 from storage.models import ModelVersion, RetrainRun
 from training.gate import GateDecision
@@ -202,7 +203,7 @@ async def rollback_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -
     try:
         previous, version = await supervisor.rollback()
     except RetrainError as error:
-        logger.info("admin %d: /rollback refused: %s", user.id, error)
+        logger.info("admin %d: /rollback rejected: %s", user.id, error)
         await message.reply_text(text(error.key, lang, **error.values), do_quote=True)
         return
     except (BundleError, OSError, RuntimeError, ValueError) as error:

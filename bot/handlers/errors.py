@@ -1,4 +1,12 @@
-"""The global error handler: log first, then tell the person in one plain sentence."""
+"""The global error handler: log first, then tell the person in one plain sentence.
+
+Every exception a handler does not catch ends here. It is logged at ERROR with its
+traceback and the update id, then the person gets `error.generic` in their language: as
+the notice of the button they pressed, or else as a message in the chat. `Forbidden`
+in a private chat means the person blocked the bot: the user is marked inactive, the
+block is logged once (`Repository.mark_user_blocked` reports only the first time) and
+nothing is sent. Sending to someone who blocked the bot never raises out of here.
+"""
 
 from __future__ import annotations
 
@@ -49,8 +57,23 @@ async def handle_error(update: object, context: ContextTypes.DEFAULT_TYPE) -> No
     except Exception as language_error:  # noqa: BLE001 - the database may be what failed
         logger.warning("update %s: language lookup failed in the error handler: %r", update_id, language_error)
         lang = language_from_code(user.language_code if user else None)
+    apology = text("error.generic", lang)
+
+    query = update.callback_query
+    if query is not None:
+        try:
+            # The notice stops the button's spinner; it fails when the handler already answered.
+            await query.answer(apology)
+            return
+        except TelegramError as answer_error:
+            logger.info("update %s: callback query not answered with the apology: %s", update_id, answer_error)
     try:
-        await context.bot.send_message(chat.id, text("error.generic", lang))
+        await context.bot.send_message(chat.id, apology)
+    except Forbidden as send_error:
+        if user is not None and chat.id == user.id:
+            await _mark_blocked(context, update_id, user.id, send_error)
+        else:
+            logger.warning("update %s: sending the error message to chat %d failed with Forbidden: %s", update_id, chat.id, send_error)
     except TelegramError as send_error:
         logger.warning("update %s: could not send the error message to chat %d: %s", update_id, chat.id, send_error)
 
@@ -63,6 +86,8 @@ async def _mark_blocked(context: ContextTypes.DEFAULT_TYPE, update_id: int | Non
         return
     if newly_blocked:
         logger.warning("user %d blocked the bot (update %s): %s; marked inactive", user_id, update_id, error)
+    else:
+        logger.debug("user %d is already marked inactive (update %s)", user_id, update_id)
 
 
 def register(application: Application) -> None:

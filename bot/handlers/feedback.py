@@ -51,6 +51,7 @@ from bot.callbacks import (
 from bot.callbacks import parse as parse_callback
 from bot.context import BotContext, get_bot_context
 from bot.handlers.language import user_language
+from bot.honesty import assess_stored
 from bot.i18n import text
 from bot.keyboards import (
     CANDIDATES_PER_PAGE,
@@ -212,15 +213,16 @@ async def _show_recorded(
     if prediction.reply_message_id is None:
         return
     # The Bot API cannot read a message's current text, so the answer is rendered again
-    # from the stored top-k.
-    # NOTE: this drops anything the answer had beyond its species lines.
+    # from the stored top-k, is_ood and photo_count.
+    # NOTE: the count of unreadable album photos is not stored, so that line is dropped.
     labels = bot_context.service.labels
     ranked = [
         (index, float(entry.get("probability", 0.0)))
         for entry in prediction.top_k or []
         if (index := label_index(labels, entry)) is not None
     ]
-    new_text = with_status(format_answer(labels, ranked, lang), status)
+    assessment = assess_stored(prediction, labels, bot_context.settings)
+    new_text = with_status(format_answer(labels, ranked, lang, assessment=assessment), status)
     try:
         await context.bot.edit_message_text(
             new_text, chat_id=prediction.chat_id, message_id=prediction.reply_message_id, reply_markup=markup

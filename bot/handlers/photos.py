@@ -5,26 +5,34 @@ goes through the same pipeline. Whether it is an image is decided by decoding it
 content, not by its name or MIME type, and a file that is not an image gets a message
 saying what to send. `/top5` works in three ways: as the caption of a photo, as a reply
 to a photo (or to the bot's answer), and alone for the person's last photo in that chat.
+
+Photos, image files and `/top5` count against the person's RATE_LIMIT_PER_MINUTE
+(`bot.rate_limit`, each photo of an album counts). Over it, the first rejected request
+gets a message that says in how many seconds to try again, and later ones are dropped
+until the window has room. GIF animations arrive with a `document` too, but Telegram
+has turned them into MP4 videos, so `other_inputs.py` answers them like videos.
 """
 
 from __future__ import annotations
 
 import logging
 
-from telegram import Message, MessageEntity, Update
+from telegram import Message, MessageEntity, Update, User
 from telegram.ext import Application, CommandHandler, ContextTypes, MessageHandler, filters
 
+from bot.albums import collect_album_photo
 from bot.answers import DEFAULT_TOP_K, TOP5_K, answer_image, answer_stored, message_image
-from bot.context import get_bot_context
+from bot.context import BotContext, get_bot_context
 from bot.handlers.language import user_language
 from bot.i18n import text
+from bot.rate_limit import IMAGES, get_rate_limiter
 
 logger = logging.getLogger(__name__)
 
 TOP5_COMMAND = "top5"
 # New messages only: edited messages and channel posts are not classified.
 PHOTO_FILTER = filters.UpdateType.MESSAGE & filters.PHOTO
-DOCUMENT_FILTER = filters.UpdateType.MESSAGE & filters.Document.ALL
+DOCUMENT_FILTER = filters.UpdateType.MESSAGE & filters.Document.ALL & ~filters.ANIMATION
 
 
 def caption_requests_top5(message: Message, bot_username: str | None) -> bool:
@@ -36,6 +44,18 @@ def caption_requests_top5(message: Message, bot_username: str | None) -> bool:
     return False
 
 
+async def within_rate_limit(bot_context: BotContext, message: Message, user: User | None, lang: str) -> bool:
+    """Count a photo or /top5 against the sender's rate limit; over it, tell them once when to retry."""
+    if user is None:
+        return True
+    decision = get_rate_limiter(bot_context, IMAGES).acquire(user.id)
+    if decision.allowed:
+        return True
+    if decision.notify:
+        await message.reply_text(text("rate_limit.images", lang, seconds=decision.retry_after_whole_s), do_quote=True)
+    return False
+
+
 async def image_message(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """Classify a photo, or a file that may be an image, and reply with the answer."""
     message = update.message
@@ -44,7 +64,13 @@ async def image_message(update: Update, context: ContextTypes.DEFAULT_TYPE) -> N
         return
     bot_context = get_bot_context(context)
     lang = await user_language(bot_context, message.from_user)
+    if not await within_rate_limit(bot_context, message, message.from_user, lang):
+        return
     k = TOP5_K if caption_requests_top5(message, context.bot.username) else DEFAULT_TOP_K
+    if message.media_group_id is not None:
+        # An album: its photos are classified together and get one answer (bot/albums.py).
+        await collect_album_photo(bot_context, context.bot, message, image, k=k, lang=lang)
+        return
     await answer_image(bot_context, context.bot, message, image, k=k, lang=lang)
 
 
@@ -57,6 +83,8 @@ async def top5_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> No
     bot_context = get_bot_context(context)
     repository = bot_context.repository
     lang = await user_language(bot_context, user)
+    if not await within_rate_limit(bot_context, message, user, lang):
+        return
 
     target = message.reply_to_message
     if target is not None:

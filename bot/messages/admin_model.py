@@ -1,4 +1,4 @@
-"""Messages for /retrain, /model and /rollback, and the retraining progress the admin sees."""
+"""Messages for /retrain, /model and /rollback, and the retraining progress message sent to the admin."""
 
 from __future__ import annotations
 

@@ -36,18 +36,22 @@ def load_backend(
     precision: str = "auto",
     *,
     num_threads: int | None = None,
+    low_precision_mode: str = "auto",
 ) -> InferenceBackend:
     """Load `bundle` into the backend `kind` (`torch` or `onnx`).
 
     `device` and `precision` apply to the torch backend (`auto`, `cpu`,
     `cuda`; `auto`, `fp32`, `bf16`, `fp16`). The ONNX backend runs fp32 on
     the CPU and rejects any other request. `num_threads` defaults to the CPUs
-    the process may use.
+    the process may use. `low_precision_mode` picks how the torch backend runs
+    bf16 and fp16 (`auto`, `precast`, `autocast`, `pure`; see `TorchBackend`).
     """
     if kind == "torch":
         from classifier.backends.torch_backend import TorchBackend
 
-        return TorchBackend(bundle, device=device, precision=precision, num_threads=num_threads)
+        return TorchBackend(
+            bundle, device=device, precision=precision, num_threads=num_threads, low_precision_mode=low_precision_mode
+        )
     if kind == "onnx":
         from classifier.backends.onnx_backend import OnnxBackend
 

@@ -1,0 +1,104 @@
+"""The model directory and the model registry at start-up.
+
+`choose_serving_bundle` picks the bundle the bot loads, so a model promoted by
+/retrain or chosen by /rollback keeps serving after a restart.
+`register_serving_bundle` brings the registry in line with the bundle that
+serves, and `clean_model_dir` removes what a crash left in the model directory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from classifier.bundle import Bundle, BundleError
+
+if TYPE_CHECKING:
+    from bot.settings import Settings
+    from storage.models import ModelVersion
+    from storage.repository import Repository
+
+logger = logging.getLogger(__name__)
+
+# Prefix of a retraining run's work directory inside the model directory.
+WORK_DIR_PREFIX = ".retrain-"
+# Metrics copied from a bundle into its registry row; the rest (history, per class) stays in bundle.json.
+SUMMARY_METRIC_KEYS = ("val_top1", "val_top5", "epochs_run", "best_epoch", "train_samples", "val_samples")
+
+
+def clean_model_dir(models_dir: Path) -> list[Path]:
+    """Remove what a crash can leave in the model directory and return the removed paths.
+
+    - `.retrain-*`: work directories of runs that did not finish;
+    - `.<name>.tmp-*` and `.<name>.training-*`: staging directories of
+      `Bundle.save` and of training, never renamed into place;
+    - `.<name>.old-*`: a bundle moved aside while being replaced. It is removed
+      when `<name>` exists, and renamed back to `<name>` otherwise, because then
+      the crash came between the two renames and it is the only copy.
+    """
+    removed: list[Path] = []
+    if not models_dir.is_dir():
+        return removed
+    for entry in sorted(models_dir.iterdir()):
+        if not entry.is_dir() or not entry.name.startswith("."):
+            continue
+        if entry.name.startswith(WORK_DIR_PREFIX) or ".tmp-" in entry.name or ".training-" in entry.name:
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry)
+        elif ".old-" in entry.name:
+            original = models_dir / entry.name[1:].rsplit(".old-", 1)[0]
+            if original.exists():
+                shutil.rmtree(entry, ignore_errors=True)
+                removed.append(entry)
+            else:
+                os.replace(entry, original)
+                logger.warning("restored bundle %s from %s, left by a crash between two renames", original, entry)
+    for path in removed:
+        logger.warning("removed %s, left in the model directory by an interrupted run or save", path)
+    return removed
+
+
+def summarize_metrics(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """Return the bundle metrics that go into the registry row."""
+    return {key: metrics[key] for key in SUMMARY_METRIC_KEYS if key in metrics}
+
+
+async def choose_serving_bundle(settings: Settings, repository: Repository) -> Bundle:
+    """Return the bundle the bot should serve at start-up, and record it in the registry.
+
+    MODEL_PATH names the operator's bundle. When its version is new to the
+    registry, it is registered and serves: the operator chose it. When the
+    registry contains it and serves another version (promoted by /retrain or
+    chosen by /rollback), that version serves, if its files still load.
+    """
+    configured = await asyncio.to_thread(Bundle.load, settings.model_path)
+    known = await repository.get_model(configured.version)
+    serving = await repository.serving_model()
+    if known is None or serving is None or serving.version == configured.version:
+        await register_serving_bundle(repository, configured)
+        return configured
+    try:
+        chosen = await asyncio.to_thread(Bundle.load, serving.path)
+    except BundleError as error:
+        logger.error("registry's serving model %s cannot be loaded (%s); serving MODEL_PATH %s instead", serving.version, error, configured.version)
+        await register_serving_bundle(repository, configured)
+        return configured
+    logger.info("serving %s from the registry instead of MODEL_PATH's %s", chosen.version, configured.version)
+    return chosen
+
+
+async def register_serving_bundle(repository: Repository, bundle: Bundle) -> ModelVersion:
+    """Register `bundle` when the registry lacks it and mark it serving, so the registry matches what serves."""
+    if bundle.path is None:
+        raise ValueError(f"bundle {bundle.version} has no directory; only a saved bundle can be registered")
+    model = await repository.get_model(bundle.version)
+    if model is None:
+        model = await repository.register_model(bundle.version, str(bundle.path), metrics=summarize_metrics(bundle.metrics))
+    if model.status != "serving":
+        model = await repository.set_serving(bundle.version)
+    return model
