@@ -37,6 +37,8 @@ DEFAULT_VARIANTS = (
     "torch-bf16-autocast",
     "torch-bf16-precast",
     "torch-bf16-pure",
+    "torch-bf16-compiled",
+    "torch-bf16-pure-compiled",
     "torch-auto",
     "onnx-fp32",
     "onnx-int8",

@@ -37,11 +37,13 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_VARIANTS = (
     "torch-fp32",
+    "torch-fp32-compiled",
     "torch-bf16-autocast",
     "torch-bf16-precast",
     "torch-bf16-pure",
+    "torch-bf16-compiled",
+    "torch-bf16-pure-compiled",
     "torch-auto",
-    "torch-fp32-jit",
     "torch-bf16-jit",
     "onnx-fp32",
     "onnx-int8",

@@ -41,31 +41,30 @@ def backend_variant(bundle: Bundle, name: str, kind: str, precision: str, dtype:
     return Variant(name, dtype, backend.logits, note, time.perf_counter() - started)
 
 
-def torch_variant(bundle: Bundle, name: str, *, bf16_weights: bool, script: str | None) -> Variant:
-    """An experimental torch configuration: bf16 weights or fp32, eager, TorchScript-frozen or inductor-compiled."""
+def jit_variant(bundle: Bundle, name: str, *, bf16: bool) -> Variant:
+    """An experiment: the whole model traced with torch.jit, frozen, and fused by oneDNN Graph.
+
+    `torch.jit.enable_onednn_fusion` is process-wide, so every jit variant in a run is fused.
+    """
     import torch
 
     started = time.perf_counter()
-    model = bundle.build_torch_model().eval().to(memory_format=torch.channels_last)
-    dtype = torch.bfloat16 if bf16_weights else torch.float32
-    model = model.to(dtype)
-    example = torch.zeros(1, 3, 224, 224, dtype=dtype).contiguous(memory_format=torch.channels_last)
-    with torch.inference_mode():
-        if script == "jit":
-            model = torch.jit.freeze(torch.jit.trace(model, example))
-        elif script == "inductor":
-            import torch._inductor.config as inductor_config
-
-            inductor_config.freezing = True
-            model = torch.compile(model, dynamic=False)
-        model(example)
+    torch.jit.enable_onednn_fusion(True)
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    model = bundle.build_torch_model().eval().to(memory_format=torch.channels_last).to(dtype)
+    example = torch.zeros(2, 3, 224, 224, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        model = torch.jit.freeze(torch.jit.trace(model, example))
+        # The profiling executor specializes and fuses after a few calls of each shape.
+        for size in (1, 1, 1, 2, 2, 2):
+            model(example[:size])
 
     def run(batch: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
+        with torch.no_grad():
             inputs = torch.from_numpy(batch).to(dtype).contiguous(memory_format=torch.channels_last)
             return model(inputs).float().numpy()
 
-    return Variant(name, "bf16" if bf16_weights else "fp32", run, setup_s=time.perf_counter() - started)
+    return Variant(name, "bf16" if bf16 else "fp32", run, setup_s=time.perf_counter() - started)
 
 
 def onnx_file_variant(path: Path, name: str, dtype: str, note: str = "") -> Variant:
@@ -103,28 +102,30 @@ def torchscript_file_variant(path: Path, name: str, dtype: str, note: str = "") 
 
 def build_variants(bundle: Bundle, onnx_bundle: Bundle | None, names: list[str], onnx_int8: Path | None) -> list[Variant]:
     """Build the variants in `names` (see `VARIANT_NAMES`), skipping those whose files are missing."""
+    torch_options = {
+        "torch-fp32": ("fp32", "fp32", "eager", {"compile": "off"}),
+        "torch-fp32-compiled": ("fp32", "fp32", "torch.compile (inductor, freezing)", {"compile": "on"}),
+        "torch-bf16-autocast": ("bf16", "bf16", "eager, autocast", {"low_precision_mode": "autocast", "compile": "off"}),
+        "torch-bf16-precast": ("bf16", "bf16", "eager, autocast over bf16 conv/linear weights",
+                               {"low_precision_mode": "precast", "compile": "off"}),
+        "torch-bf16-pure": ("bf16", "bf16", "eager, whole backbone in bf16", {"low_precision_mode": "pure", "compile": "off"}),
+        "torch-bf16-compiled": ("bf16", "bf16", "precast, torch.compile (inductor, freezing)",
+                                {"low_precision_mode": "precast", "compile": "on"}),
+        "torch-bf16-pure-compiled": ("bf16", "bf16", "pure bf16, torch.compile (inductor, freezing)",
+                                     {"low_precision_mode": "pure", "compile": "on"}),
+        "torch-auto": ("auto", "bf16", "the product default: PRECISION=auto", {}),
+    }
     variants = []
     for name in names:
         logger.info("setting up %s", name)
-        if name == "torch-fp32":
-            variants.append(backend_variant(bundle, name, "torch", "fp32", "fp32", "eager, channels_last"))
-        elif name == "torch-bf16-autocast":
-            variants.append(backend_variant(bundle, name, "torch", "bf16", "bf16", "eager, channels_last, autocast", low_precision_mode="autocast"))
-        elif name == "torch-bf16-precast":
-            variants.append(backend_variant(bundle, name, "torch", "bf16", "bf16", "eager, channels_last, autocast over bf16 conv/linear weights", low_precision_mode="precast"))
-        elif name == "torch-bf16-pure":
-            variants.append(backend_variant(bundle, name, "torch", "bf16", "bf16", "eager, channels_last, whole backbone in bf16", low_precision_mode="pure"))
-        elif name == "torch-auto":
-            variant = backend_variant(bundle, name, "torch", "auto", "bf16", "the default: PRECISION=auto")
+        if name in torch_options:
+            precision, dtype, note, options = torch_options[name]
+            variant = backend_variant(bundle, name, "torch", precision, dtype, note, **options)
             variants.append(variant)
         elif name == "torch-fp32-jit":
-            variants.append(_noted(torch_variant(bundle, name, bf16_weights=False, script="jit"), "torch.jit.trace + freeze"))
+            variants.append(_noted(jit_variant(bundle, name, bf16=False), "torch.jit.trace + freeze, oneDNN Graph fusion"))
         elif name == "torch-bf16-jit":
-            variants.append(_noted(torch_variant(bundle, name, bf16_weights=True, script="jit"), "bf16 weights, torch.jit.trace + freeze"))
-        elif name == "torch-fp32-inductor":
-            variants.append(_noted(torch_variant(bundle, name, bf16_weights=False, script="inductor"), "torch.compile (inductor, freezing)"))
-        elif name == "torch-bf16-inductor":
-            variants.append(_noted(torch_variant(bundle, name, bf16_weights=True, script="inductor"), "bf16 weights, torch.compile (inductor, freezing)"))
+            variants.append(_noted(jit_variant(bundle, name, bf16=True), "whole model bf16, torch.jit.trace + freeze, oneDNN Graph fusion"))
         elif name == "onnx-fp32":
             if onnx_bundle is not None:
                 variants.append(backend_variant(onnx_bundle, name, "onnx", "fp32", "fp32", "ONNX Runtime, ORT_ENABLE_ALL"))
@@ -147,14 +148,15 @@ def _noted(variant: Variant, note: str) -> Variant:
 
 VARIANT_NAMES = (
     "torch-fp32",
+    "torch-fp32-compiled",
     "torch-bf16-autocast",
     "torch-bf16-precast",
     "torch-bf16-pure",
+    "torch-bf16-compiled",
+    "torch-bf16-pure-compiled",
     "torch-auto",
     "torch-fp32-jit",
     "torch-bf16-jit",
-    "torch-fp32-inductor",
-    "torch-bf16-inductor",
     "onnx-fp32",
     "onnx-int8",
     "torchscript-int8",

@@ -24,7 +24,8 @@ REDACTED = "[REDACTED]"
 # Telegram bot tokens are `<bot id>:<secret>`, for example `123456789:AAH...` (35 characters
 # after the colon in practice), and appear in Bot API URLs as `bot<bot id>:<secret>`.
 # The bot id is kept so a redacted URL still shows which bot it was for.
-TOKEN_PATTERN = re.compile(r"(?<![A-Za-z0-9])(bot)?(\d{3,}):[A-Za-z0-9_-]{20,}")
+# The colon may arrive percent-encoded (`%3A`), as in the file URLs python-telegram-bot logs.
+TOKEN_PATTERN = re.compile(r"(?<![A-Za-z0-9])(bot)?(\d{3,})(?::|%3[Aa])[A-Za-z0-9_-]{20,}")
 
 # Libraries whose INFO records are per-request noise: httpx logs every Bot API call,
 # including getUpdates every few seconds, and its request lines contain the token.
@@ -150,8 +151,8 @@ def configure_logging(
     root.setLevel(numeric_level)
 
     for name, quiet_level in QUIET_LOGGERS.items():
-        # At DEBUG the operator asked for everything, so these inherit the root level.
-        logging.getLogger(name).setLevel(logging.NOTSET if numeric_level <= logging.DEBUG else quiet_level)
+        # These stay quiet even at DEBUG: httpx logs every request URL, and file URLs carry the bot token.
+        logging.getLogger(name).setLevel(quiet_level)
 
     logger.debug("logging configured: level=%s json=%s", logging.getLevelName(numeric_level), json_output)
     return handler

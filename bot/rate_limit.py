@@ -43,7 +43,7 @@ class Decision:
     """The outcome of one `RateLimiter.acquire` call."""
 
     allowed: bool
-    # Seconds until the window has room for one more request; 0 when allowed.
+    # Seconds until the window has room for one more request, or 0 when allowed.
     retry_after_s: float = 0.0
     # True for the first rejection since the person's last allowed request, so the
     # caller tells the person once instead of answering every rejected message.
@@ -83,7 +83,7 @@ class RateLimiter:
         return len(self._times)
 
     def acquire(self, key: int) -> Decision:
-        """Count a request for `key` when the window has room; otherwise return when to retry."""
+        """Count a request for `key` when the window has room, or else return when to retry."""
         now = self._clock()
         times = self._times.get(key)
         if times is None:

@@ -25,7 +25,7 @@ LI = make_user(9003, "Li", language_code="zh")
 
 
 def small_jpeg(seed: int) -> bytes:
-    """Return a small JPEG of random blocks; each seed gives a different picture."""
+    """Return a small JPEG of random blocks. Each seed gives a different picture."""
     rng = np.random.default_rng(seed)
     blocks = rng.integers(0, 256, size=(6, 8, 3), dtype=np.uint8)
     buffer = io.BytesIO()
@@ -49,10 +49,11 @@ async def test_block_during_photo_marks_inactive_once(flowerbot: BotHarness, cap
     emulator = flowerbot.emulator
     first_data, second_data = small_jpeg(1), small_jpeg(2)
     gates = [flowerbot.hold_inference(first_data), flowerbot.hold_inference(second_data)]
+    # One photo at a time, so each is held in a batch of its own on one of the two inference workers.
     first = emulator.send_photo(ALICE, None, first_data)
+    await gates[0].wait_entered()
     second = emulator.send_photo(ALICE, None, second_data)
-    for gate in gates:
-        await gate.wait_entered()
+    await gates[1].wait_entered()
 
     # Alice blocks the bot while both photos are being classified.
     emulator.block_user(ALICE["id"])
@@ -134,7 +135,7 @@ async def test_crashed_button_gets_apology_notice(flowerbot: BotHarness) -> None
     await flowerbot.wait_idle()
 
     assert notice.get("text") == text("error.generic", "zh")
-    # The notice was the apology; no message was added to the chat.
+    # The notice was the apology, and no message was added to the chat.
     assert emulator.sent_messages(LI["id"]) == [offer]
 
 
@@ -170,7 +171,19 @@ async def test_expired_file_path_gets_message(flowerbot: BotHarness) -> None:
     assert saved_files(flowerbot) == []
 
 
-# -- a locked database -----------------------------------------------------------
+# -- the database ----------------------------------------------------------------
+
+
+@pytest.mark.skipif(selected_database_backend() != "sqlite", reason="reads SQLite's journal mode")
+async def test_database_file_in_wal_mode(flowerbot: BotHarness) -> None:
+    photo = flowerbot.emulator.send_photo(ALICE, None, small_jpeg(9))
+    await flowerbot.emulator.wait_for_reply(photo)
+
+    # WAL mode is stored in the database file, so a second connection sees it.
+    with sqlite3.connect(make_url(flowerbot.settings.resolved_database_url).database) as connection:
+        (journal_mode,) = connection.execute("PRAGMA journal_mode").fetchone()
+    assert journal_mode == "wal"
+
 
 
 class RetryWatcher(logging.Handler):

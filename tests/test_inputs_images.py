@@ -1,9 +1,10 @@
 """Every image kind through the emulator, as a photo and as a file: classified right, or rejected without a trace.
 
 Each classified kind is made by the test from one clean RGB picture and carries its
-`expected` picture: the upright RGB image a correct decoder recovers (the clean picture
-itself; for kinds that cannot hold its colors, such as grayscale, bilevel or a palette,
-that reduced picture in RGB; for transparent kinds, the picture composited on white).
+`expected` picture, the upright RGB image a correct decoder recovers. That is the clean
+picture itself, except for kinds that cannot hold its colors (grayscale, bilevel, a
+palette), where it is the reduced picture in RGB, and for transparent kinds, where it
+is the picture composited on white.
 The bot's stored top-5 must name the same top-1 as the classifier gives `expected`, with
 every probability within `LOSSLESS_TOLERANCE` or `LOSSY_TOLERANCE` of it. Measured with
 the session's random-init bundle: decoding errors move some probability by 0.05 (an
@@ -285,7 +286,7 @@ async def test_image_kinds_classified(bot_harness: BotHarness, transport: str) -
     for kind in kinds:
         reference = await service.classify(encode(kind.expected, "PNG"), 5)
         references[kind.name] = {candidate.class_id: candidate.probability for candidate in reference.top}
-    # "/top5" stores every class's probability of the five, so the comparison sees them all.
+    # "/top5" stores the probabilities of all five classes, so the comparison covers each of them.
     messages = {kind.name: send(bot_harness, transport, kind.data, kind.file_name, caption="/top5") for kind in kinds}
     await bot_harness.wait_idle(timeout=120)
 

@@ -24,7 +24,7 @@ def small_png() -> bytes:
 
 def queue_content(emulator: TelegramEmulator, user: JSON, chat: JSON | None, content: JSON) -> JSON:
     """Queue a message with arbitrary Bot API content (an audio, a venue, a dice, ...)."""
-    # The emulator has no public helper for every kind of message; its building block keeps
+    # The emulator has no public helper for every kind of message. Its building block keeps
     # the message in the chat, so the bot can reply to it.
     return emulator._queue_message(user, chat, content)
 
@@ -121,7 +121,7 @@ async def test_group_ignores_other_inputs(flowerbot: BotHarness) -> None:
     emulator.send_command(ALICE, GROUP, "bloom")
 
     await flowerbot.wait_idle()
-    # A command the bot knows still works in the group, after the ignored messages.
+    # A command with a handler still works in the group, after the ignored messages.
     command = emulator.send_command(ALICE, GROUP, "help")
     await emulator.wait_for_reply(command)
     await flowerbot.wait_idle()

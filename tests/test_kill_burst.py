@@ -39,7 +39,7 @@ START_TIMEOUT_S = 180
 
 
 def small_jpeg(seed: int) -> bytes:
-    """Return a small JPEG of random blocks; each seed gives a different picture."""
+    """Return a small JPEG of random blocks. Each seed gives a different picture."""
     rng = np.random.default_rng(seed)
     blocks = rng.integers(0, 256, size=(6, 8, 3), dtype=np.uint8)
     buffer = io.BytesIO()
@@ -59,7 +59,7 @@ class AnswerGate:
         # (replied-to message id, whether its prediction row existed when the answer arrived)
         self.stored_at_send: list[tuple[int, bool]] = []
         self._send_message = emulator._methods["sendmessage"]
-        # The emulator has no hook for delaying a method; its method table is the seam.
+        # The emulator has no hook for delaying a method, so the test wraps its method table entry.
         emulator._methods["sendmessage"] = self._held_send_message
 
     def row_exists(self, chat_id: int, message_id: int) -> bool:

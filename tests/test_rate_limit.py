@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from bot.i18n import text
+from bot.metrics import Metrics
 from bot.rate_limit import IMAGES, REPLIES, RateLimiter, get_rate_limiter
 from tests.emulator import make_user
 from tests.fixtures.bot import BotHarness
@@ -29,7 +30,7 @@ class FakeClock:
 
 
 def small_jpeg(seed: int) -> bytes:
-    """Return a small JPEG of random blocks; each seed gives a different picture."""
+    """Return a small JPEG of random blocks. Each seed gives a different picture."""
     rng = np.random.default_rng(seed)
     blocks = rng.integers(0, 256, size=(6, 8, 3), dtype=np.uint8)
     picture = Image.fromarray(blocks).resize((128, 96), Image.Resampling.NEAREST)
@@ -151,6 +152,7 @@ def test_limiter_rejects_bad_limits() -> None:
 async def test_photos_over_limit_told_once(bot_harness: BotHarness) -> None:
     await bot_harness.start(rate_limit_per_minute=2)
     emulator = bot_harness.emulator
+    metrics = bot_harness.context.extras["metrics"] = Metrics()
 
     photos = [emulator.send_photo(ALICE, None, small_jpeg(seed)) for seed in range(4)]
     await bot_harness.wait_idle()
@@ -168,6 +170,7 @@ async def test_photos_over_limit_told_once(bot_harness: BotHarness) -> None:
     assert sum(row is not None for row in rows) == 2
     # Photos over the limit were not downloaded.
     assert len(emulator.calls_to("getFile")) == 3
+    assert metrics.registry.get_sample_value("flowerbot_errors_total", {"kind": "rate_limited"}) == 2
     # Another person is not limited by Alice.
     assert await bot_harness.repository.get_prediction_by_message(BOB["id"], bob_photo["message_id"]) is not None
 

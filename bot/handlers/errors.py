@@ -5,7 +5,8 @@ traceback and the update id, then the person gets `error.generic` in their langu
 the notice of the button they pressed, or else as a message in the chat. `Forbidden`
 in a private chat means the person blocked the bot: the user is marked inactive, the
 block is logged once (`Repository.mark_user_blocked` reports only the first time) and
-nothing is sent. Sending to someone who blocked the bot never raises out of here.
+nothing is sent. A `Forbidden` while sending the apology is handled the same way, so it
+does not raise out of the error handler.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from telegram import Update
 from telegram.error import Forbidden, TelegramError
 from telegram.ext import Application, ContextTypes
 
-from bot.context import get_bot_context
+from bot import metrics
+from bot.context import BotContext, get_bot_context
 from bot.handlers.language import user_language
 from bot.i18n import language_from_code, text
 
@@ -50,6 +52,7 @@ async def handle_error(update: object, context: ContextTypes.DEFAULT_TYPE) -> No
         "update %s failed (user %s, chat %s): %r",
         update_id, user.id if user else None, chat.id if chat else None, error, exc_info=error,
     )
+    _metrics(get_bot_context(context)).record_error("handler_failed")
     if chat is None:
         return
     try:
@@ -62,7 +65,7 @@ async def handle_error(update: object, context: ContextTypes.DEFAULT_TYPE) -> No
     query = update.callback_query
     if query is not None:
         try:
-            # The notice stops the button's spinner; it fails when the handler already answered.
+            # The notice stops the button's spinner. It fails when the handler has answered the query already.
             await query.answer(apology)
             return
         except TelegramError as answer_error:
@@ -86,8 +89,13 @@ async def _mark_blocked(context: ContextTypes.DEFAULT_TYPE, update_id: int | Non
         return
     if newly_blocked:
         logger.warning("user %d blocked the bot (update %s): %s; marked inactive", user_id, update_id, error)
+        _metrics(get_bot_context(context)).record_error("user_blocked")
     else:
         logger.debug("user %d is already marked inactive (update %s)", user_id, update_id)
+
+
+def _metrics(bot_context: BotContext) -> metrics.Metrics:
+    return bot_context.extras.get("metrics") or metrics.get_metrics()
 
 
 def register(application: Application) -> None:

@@ -33,9 +33,9 @@ from __future__ import annotations
 import logging
 
 from telegram import Message, MessageEntity, Update
-from telegram.constants import ChatType
 from telegram.ext import Application, ApplicationHandlerStop, ContextTypes, MessageHandler, filters
 
+from bot import metrics
 from bot.context import get_bot_context
 from bot.handlers.language import USER_TRACKING_GROUP, user_language
 from bot.i18n import text
@@ -109,7 +109,7 @@ async def other_input(update: Update, context: ContextTypes.DEFAULT_TYPE) -> Non
     """Reply to a sticker, video, voice message, location, text or unknown command with what to send."""
     message = update.message
     user = update.effective_user
-    if message is None or user is None or message.chat.type != ChatType.PRIVATE:
+    if message is None or user is None:
         return
     kind = input_kind(message)
     if kind is None:
@@ -120,6 +120,7 @@ async def other_input(update: Update, context: ContextTypes.DEFAULT_TYPE) -> Non
 
     bot_context = get_bot_context(context)
     if not get_rate_limiter(bot_context, REPLIES).acquire(user.id).allowed:
+        (bot_context.extras.get("metrics") or metrics.get_metrics()).record_error("rate_limited_reply")
         return
     lang = await user_language(bot_context, user)
     logger.info("message %d in chat %d: %s, answered with what to send", message.message_id, message.chat_id, kind)

@@ -20,6 +20,7 @@ import logging
 from telegram import Message, MessageEntity, Update, User
 from telegram.ext import Application, CommandHandler, ContextTypes, MessageHandler, filters
 
+from bot import metrics
 from bot.albums import collect_album_photo
 from bot.answers import DEFAULT_TOP_K, TOP5_K, answer_image, answer_stored, message_image
 from bot.context import BotContext, get_bot_context
@@ -45,12 +46,13 @@ def caption_requests_top5(message: Message, bot_username: str | None) -> bool:
 
 
 async def within_rate_limit(bot_context: BotContext, message: Message, user: User | None, lang: str) -> bool:
-    """Count a photo or /top5 against the sender's rate limit; over it, tell them once when to retry."""
+    """Count a photo or /top5 against the sender's rate limit. Over it, tell them once when to retry."""
     if user is None:
         return True
     decision = get_rate_limiter(bot_context, IMAGES).acquire(user.id)
     if decision.allowed:
         return True
+    (bot_context.extras.get("metrics") or metrics.get_metrics()).record_error("rate_limited")
     if decision.notify:
         await message.reply_text(text("rate_limit.images", lang, seconds=decision.retry_after_whole_s), do_quote=True)
     return False

@@ -65,7 +65,7 @@ MESSAGES: dict[str, dict[str, str]] = {
     },
     # The global error handler.
     "error.generic": {
-        "en": "Sorry, something went wrong on my side. Please try again.",
+        "en": "Sorry, something went wrong on my side, so please try again.",
         "zh": "抱歉，我这边出了点问题，请再试一次。",
     },
 }

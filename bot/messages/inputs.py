@@ -8,7 +8,7 @@ MESSAGES: dict[str, dict[str, str]] = {
         "en": "You are sending photos faster than I can look at them. Please send the next one in {seconds} s.",
         "zh": "你发送照片的速度太快了，我来不及识别。请在 {seconds} 秒后再发送。",
     },
-    # Private chats only; in groups these inputs are ignored.
+    # Sent in private chats only. In groups these inputs are ignored.
     "input.sticker": {
         "en": "Stickers are drawings, so I cannot name their flowers. Send a photo of a real flower.",
         "zh": "贴纸是画出来的，我无法识别上面的花。请发送一张真实花朵的照片。",

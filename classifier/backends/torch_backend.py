@@ -1,4 +1,11 @@
-"""PyTorch inference backend: CUDA when present, else CPU with bf16 autocast where the CPU has bf16 instructions."""
+"""PyTorch inference backend: CUDA when present, else the CPU, in bf16 where the CPU has bf16 instructions.
+
+On such a CPU the default (`precision="auto"`) is bf16 autocast over weights
+cast to bf16 once at load, compiled with torch.compile. That was the fastest
+configuration that keeps fp32's top-1 on this project's 2-CPU AVX512-BF16
+machine; `python -m benchmarks.latency` and `python -m benchmarks.agreement`
+measure the alternatives (docs/benchmarks.md).
+"""
 
 from __future__ import annotations
 
@@ -6,10 +13,13 @@ import contextlib
 import functools
 import logging
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch._dynamo.exc
+import torch._inductor.exc
 
 from classifier.backends.base import available_cpus, check_batch
 from classifier.bundle import Bundle
@@ -20,6 +30,11 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 # How a bf16 or fp16 model runs (see `TorchBackend`); "auto" is "precast".
 LOW_PRECISION_MODES = ("auto", "precast", "autocast", "pure")
+# Whether the backbone goes through torch.compile; "auto" compiles bf16 on the CPU.
+COMPILE_MODES = ("auto", "on", "off")
+# Errors of torch.compile that mean "this graph cannot be compiled here" (no C++
+# compiler, an unsupported operator); the backend then runs eagerly.
+_COMPILE_ERRORS = (torch._dynamo.exc.TorchDynamoException, torch._inductor.exc.InductorError)
 _BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 
 # torch.set_num_threads is process-wide, so it is set once, by the first backend.
@@ -107,6 +122,11 @@ class TorchBackend:
     In every mode the head (LayerNorm and Linear over the 768 pooled
     features, a negligible share of the FLOPs) runs in fp32 on fp32 features,
     so that close logits are not rounded into ties.
+
+    `compile="auto"` compiles the backbone with torch.compile (inductor, with
+    freezing) for bf16 on the CPU; `on` and `off` force it. Compiling needs a
+    C++ compiler and happens in `warmup`. When it fails, the backend logs a
+    warning and runs eagerly.
     """
 
     def __init__(
@@ -118,9 +138,12 @@ class TorchBackend:
         num_threads: int | None = None,
         channels_last: bool = True,
         low_precision_mode: str = "auto",
+        compile: str = "auto",
     ) -> None:
         if low_precision_mode not in LOW_PRECISION_MODES:
             raise ValueError(f"unknown low_precision_mode {low_precision_mode!r}; expected one of {', '.join(LOW_PRECISION_MODES)}")
+        if compile not in COMPILE_MODES:
+            raise ValueError(f"unknown compile mode {compile!r}; expected one of {', '.join(COMPILE_MODES)}")
         self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
         self.low_precision_mode = "fp32" if self.precision == "fp32" else (
@@ -145,9 +168,19 @@ class TorchBackend:
         elif self.low_precision_mode == "pure":
             self.model.features.to(_DTYPES[self.precision])
             self._input_dtype = _DTYPES[self.precision]
+
+        self._compile_lock = threading.Lock()
+        self._compiled_features = None
+        if compile == "on" or (compile == "auto" and self.device.type == "cpu" and self.precision == "bf16"):
+            # Inductor's freezing folds the weights into the graph as constants and lets oneDNN
+            # pre-pack them; it fuses bias, GELU, LayerNorm and the dtype casts around the GEMMs.
+            # Compilation itself happens on the first call of each shape (see `warmup`).
+            self._compiled_features = torch.compile(self.model.forward_features, dynamic=None, options={"freezing": True})
+        self.compiled = self._compiled_features is not None
         logger.info(
-            "torch backend ready: bundle %s, device %s, precision %s (%s), %d threads",
-            bundle.version, self.device, self.precision, self.low_precision_mode, self.num_threads,
+            "torch backend ready: bundle %s, device %s, precision %s (%s), %s, %d threads",
+            bundle.version, self.device, self.precision, self.low_precision_mode,
+            "torch.compile" if self.compiled else "eager", self.num_threads,
         )
 
     def _autocast(self) -> contextlib.AbstractContextManager:
@@ -162,13 +195,38 @@ class TorchBackend:
             inputs = torch.from_numpy(batch).to(self.device, non_blocking=True)
             inputs = inputs.to(self._input_dtype).contiguous(memory_format=self.memory_format)
             with self._autocast():
-                features = self.model.forward_features(inputs)
+                features = self._forward_features(inputs)
             outputs = self.model.forward_head(features.float())
             return outputs.float().cpu().numpy()
 
+    def _forward_features(self, inputs: torch.Tensor) -> torch.Tensor:
+        compiled = self._compiled_features
+        if compiled is None:
+            return self.model.forward_features(inputs)
+        # One graph serves every batch size from 2 up; batch 1 gets its own specialized graph.
+        torch._dynamo.maybe_mark_dynamic(inputs, 0)
+        try:
+            return compiled(inputs)
+        except _COMPILE_ERRORS as error:
+            with self._compile_lock:
+                if self._compiled_features is not None:
+                    logger.warning("torch.compile failed, running the model eagerly: %s: %s", type(error).__name__, error)
+                    self._compiled_features = None
+                    self.compiled = False
+            return self.model.forward_features(inputs)
+
     def warmup(self, batch_size: int = 1, image_size: int = 224) -> None:
-        """Run one dummy batch so that the first real request does not pay for kernel selection."""
-        self.logits(np.zeros((batch_size, 3, image_size, image_size), dtype=np.float32))
+        """Run dummy batches so that the first real request does not pay for kernel selection.
+
+        A compiled backend compiles here: once for batch 1 and once for every
+        larger batch (a graph with a dynamic batch size). On 2 CPUs that takes
+        tens of seconds, less when inductor's on-disk cache has the graphs.
+        """
+        sizes = (1, max(2, batch_size)) if self._compiled_features is not None else (batch_size,)
+        for size in sizes:
+            started = time.perf_counter()
+            self.logits(np.zeros((size, 3, image_size, image_size), dtype=np.float32))
+            logger.info("warm-up with batch %d took %.1f s", size, time.perf_counter() - started)
 
     def close(self) -> None:
         """Release the model; CUDA memory is returned to the driver."""
