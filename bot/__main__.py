@@ -39,7 +39,9 @@ def describe_settings_error(error: ValidationError) -> list[str]:
         if problem["type"] == "missing":
             lines.append(f"{variable} is not set: {MISSING_SETTING_HINTS.get(field, 'set it in the environment or in .env')}")
         else:
-            lines.append(f"{variable} is invalid: {problem['msg']}")
+            # pydantic starts the message of a validator's ValueError with "Value error, ".
+            message = problem["msg"].removeprefix("Value error, ")
+            lines.append(f"{variable} is invalid: {message}")
     return lines
 
 

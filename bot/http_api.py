@@ -23,7 +23,7 @@ of `/predict`:
 | 401 | `unauthorized` | API_TOKEN is set and the bearer token is missing or wrong |
 | 413 | `payload_too_large` | the body is larger than MAX_REQUEST_BYTES |
 | 415 | `not_image`, `unsupported` | the bytes are not an image format the classifier decodes |
-| 422 | `truncated`, `too_large` | a damaged image, or one over the pixel limit (MAX_IMAGE_PIXELS) |
+| 422 | `truncated`, `too_large` | a damaged image, or one over the pixel limit (MAX_IMAGE_PIXELS) or the aspect-ratio limit (20:1) |
 | 503 | `not_ready` | the classifier is closed (the bot is shutting down) |
 """
 

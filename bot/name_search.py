@@ -3,6 +3,11 @@
 Every name the label set carries is searched: each class id and each display name in
 every language (English and Chinese for Oxford 102). Scores come from rapidfuzz's
 `WRatio`, which combines whole-string, partial and token-order similarity on a 0-100 scale.
+
+Chinese names are short, so one wrong character costs a third or half of the score and
+WRatio alone rejects "郁金相" for 郁金香. A query with CJK characters therefore also
+matches names of two or more characters that are one edit away (one character wrong,
+missing or extra); English queries keep the WRatio cut-off alone.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import unicodedata
 from dataclasses import dataclass
 
 from rapidfuzz import fuzz, process
+from rapidfuzz.distance import Levenshtein
 
 from classifier.labels import LabelSet
 
@@ -24,6 +30,10 @@ MAX_QUERY_CHARS = 100
 # unrelated names of similar length score under 50.
 DEFAULT_SCORE_CUTOFF = 70.0
 DEFAULT_LIMIT = 6
+# Edits (one character wrong, missing or extra) a CJK query may be from a name of
+# at least CJK_MIN_CHARS characters and still match it.
+CJK_MAX_EDITS = 1
+CJK_MIN_CHARS = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +50,11 @@ def normalize_name(name: str) -> str:
     folded = unicodedata.normalize("NFKC", name).casefold()
     folded = folded.replace("_", " ").replace("-", " ")
     return " ".join(folded.split())
+
+
+def has_cjk(text: str) -> bool:
+    """Return whether `text` contains a CJK ideograph (the unified blocks and their extensions)."""
+    return any(unicodedata.name(character, "").startswith("CJK UNIFIED IDEOGRAPH") for character in text)
 
 
 @dataclass(frozen=True)
@@ -98,6 +113,10 @@ def search_names(
         limit=None,
     )
 
+    scored = list(scored)
+    if has_cjk(normalized_query) and len(normalized_query) >= CJK_MIN_CHARS:
+        scored.extend(_cjk_near_misses(name_index, normalized_query))
+
     best_by_label: dict[int, NameMatch] = {}
     for _choice, score, position in scored:
         label = name_index.label_indices[position]
@@ -109,3 +128,14 @@ def search_names(
 
     ranked = sorted(best_by_label.values(), key=lambda match: (-match.score, match.index))
     return ranked[:limit]
+
+
+def _cjk_near_misses(name_index: _NameIndex, query: str) -> list[tuple[str, float, int]]:
+    """Return (name, score, position) for CJK names within CJK_MAX_EDITS of `query`, scored by `fuzz.ratio`."""
+    near = []
+    for position, choice in enumerate(name_index.choices):
+        if len(choice) < CJK_MIN_CHARS or not has_cjk(choice):
+            continue
+        if Levenshtein.distance(query, choice, score_cutoff=CJK_MAX_EDITS) <= CJK_MAX_EDITS:
+            near.append((choice, fuzz.ratio(query, choice), position))
+    return near

@@ -13,9 +13,12 @@ updates and HTTP requests in flight finish first.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 from typing import Any
 
+from sqlalchemy import make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 from telegram import Update
 from telegram.error import InvalidToken
 from telegram.ext import Application
@@ -50,6 +53,29 @@ def check_model_path(settings: Settings) -> None:
     """Raise `StartupError` unless MODEL_PATH is a directory with a `bundle.json`."""
     if not (settings.model_path / "bundle.json").is_file():
         raise StartupError(f"MODEL_PATH={settings.model_path} is not a model bundle (no bundle.json there): {new_bundle_hint()}")
+
+
+def check_storage(settings: Settings) -> None:
+    """Raise `StartupError` unless DATA_DIR can be created and DATABASE_URL names an async driver."""
+    try:
+        settings.photos_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise StartupError(
+            f"DATA_DIR={settings.data_dir} cannot be created ({error.strerror or error}): set DATA_DIR to a writable directory"
+        ) from None
+    if not settings.database_url:
+        return
+    hint = "use sqlite+aiosqlite:///PATH or postgresql+asyncpg://USER:PASSWORD@HOST/NAME"
+    try:
+        url = make_url(settings.database_url)
+    except ArgumentError:
+        raise StartupError(f"DATABASE_URL is not a database URL: {hint}") from None
+    try:
+        dialect = url.get_dialect()
+    except NoSuchModuleError:
+        raise StartupError(f"DATABASE_URL names an unknown database driver ({url.drivername}): {hint}") from None
+    if not getattr(dialect, "is_async", False):
+        raise StartupError(f"DATABASE_URL names a driver without asyncio support ({url.drivername}): {hint}")
 
 
 class BotRuntime:
@@ -94,6 +120,7 @@ class BotRuntime:
         try:
             if self._service is None:
                 check_model_path(settings)
+            check_storage(settings)
             await upgrade_database_async(settings.resolved_database_url)
             self._engine = create_engine(settings.resolved_database_url)
             repository = Repository(new_session_factory(self._engine))
@@ -118,7 +145,17 @@ class BotRuntime:
                 # The HTTP API (/predict, /healthz, /readyz, /metrics, and the webhook route).
                 from bot.http_api import start_http_server
 
-                self._http_runner = await start_http_server(self)
+                try:
+                    self._http_runner = await start_http_server(self)
+                except OSError as error:
+                    if error.errno == errno.EADDRINUSE:
+                        raise StartupError(
+                            f"HTTP_PORT={settings.http_port} is already in use: set HTTP_PORT to a free port or 0 to turn the HTTP server off"
+                        ) from None
+                    raise StartupError(
+                        f"HTTP_HOST={settings.http_host} HTTP_PORT={settings.http_port} cannot be listened on ({error.strerror or error}): "
+                        "set them to a local address and a free port, or HTTP_PORT=0 to turn the HTTP server off"
+                    ) from None
             if settings.webhook_url:
                 from bot.webhook import start_webhook
 
@@ -162,6 +199,17 @@ class BotRuntime:
             )
         except BundleError as error:
             raise StartupError(f"MODEL_PATH={model_path} could not be loaded: {error}") from error
+        except (RuntimeError, ValueError) as error:
+            # The backend cannot run this bundle with these settings, such as BACKEND=onnx
+            # with a bundle that has no ONNX export, or DEVICE=cuda without CUDA.
+            logger.error("the %s backend could not load %s: %s", settings.backend, model_path, error)
+            reason = str(error).split("; ")[0]
+            if settings.backend == "onnx":
+                raise StartupError(
+                    f"BACKEND=onnx cannot serve {model_path}: {reason}: run `python -m training export --model {model_path}` "
+                    "to add an ONNX export, or set BACKEND=torch"
+                ) from None
+            raise StartupError(f"BACKEND={settings.backend} cannot serve {model_path}: {reason}") from None
 
     async def stop(self) -> None:
         """Stop receiving updates, finish those in flight, then close the application, model and database.

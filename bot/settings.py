@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import functools
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+# A Bot API token as @BotFather issues it: the bot's numeric id, a colon, then the secret part.
+_TOKEN_FORMAT = re.compile(r"\d+:\S+")
 
 
 class Settings(BaseSettings):
@@ -84,6 +88,14 @@ class Settings(BaseSettings):
                 f"CONFIDENCE_LIKELY ({self.confidence_likely}) must not exceed CONFIDENCE_SURE ({self.confidence_sure})"
             )
         return self
+
+    @field_validator("telegram_bot_token")
+    @classmethod
+    def _check_token_format(cls, value: SecretStr) -> SecretStr:
+        """Reject a token that cannot be one before anything starts; the message never repeats the token."""
+        if not _TOKEN_FORMAT.fullmatch(value.get_secret_value()):
+            raise ValueError("expected <bot id>:<secret>, the form of the token @BotFather gives")
+        return value
 
     @field_validator("admin_ids", mode="before")
     @classmethod

@@ -5,8 +5,11 @@ order of checks matters:
 
 1. `Image.open` only parses the header, restricted to the photo formats listed
    in `ALLOWED_FORMATS`.
-2. The declared width × height is compared with `max_pixels` before any pixel
-   is decoded, because a 100-byte PNG can declare 20000 × 20000.
+2. The declared width × height is compared with `max_pixels`, and the long
+   side / short side with `max_aspect_ratio`, before any pixel is decoded.
+   A 100-byte PNG can declare 20000 × 20000, and a 500-byte PNG of
+   160000 × 1 passes the pixel limit but would be resized to
+   40960000 × 256 by the eval transform, which scales the short side.
 3. Large JPEGs are decoded at a reduced DCT scale (`Image.draft`) that keeps
    the short side at least `draft_size` (twice the eval resize by default).
 4. `load()` decodes the pixels inside the same check, so a damaged file fails
@@ -44,6 +47,10 @@ DEFAULT_MAX_PIXELS = 40_000_000
 # full decode by about 0.005 on average (normalized units). Drafting down to
 # 256 gave 0.01-0.06 and saved only a few milliseconds per photo.
 DEFAULT_DRAFT_SIZE = 512
+# Maximum long side / short side. Preprocessing scales the short side to 256,
+# so the resized long side stays at most 20 × 256 = 5120 pixels. Phone
+# panoramas are usually below 10:1.
+MAX_ASPECT_RATIO = 20
 
 DECODE_REASONS = ("empty", "not_image", "truncated", "too_large", "unsupported")
 
@@ -79,7 +86,7 @@ class ImageDecodeError(ValueError):
     - `empty`: no bytes.
     - `not_image`: not an image in a supported format.
     - `truncated`: cut off or damaged pixel data.
-    - `too_large`: over the pixel limit.
+    - `too_large`: over the pixel limit or the aspect ratio limit.
     - `unsupported`: a recognized image kind that is not decoded here.
     """
 
@@ -99,14 +106,18 @@ def decode_image(
     *,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     draft_size: int | None = DEFAULT_DRAFT_SIZE,
+    max_aspect_ratio: float = MAX_ASPECT_RATIO,
 ) -> Image.Image:
     """Decode image bytes into an upright RGB image.
 
-    `max_pixels` bounds the declared width × height. `draft_size` lets a large
+    `max_pixels` bounds the declared width × height, and `max_aspect_ratio`
+    bounds the declared long side / short side. `draft_size` lets a large
     JPEG decode at 1/2, 1/4 or 1/8 scale while its short side stays at least
     that many pixels. Pass None to always decode at full size.
     Raises `ImageDecodeError` for every kind of bad input.
     """
+    if max_aspect_ratio < 1:
+        raise ValueError(f"max_aspect_ratio must be at least 1, got {max_aspect_ratio}")
     if not data:
         raise ImageDecodeError("empty", "the file is empty (0 bytes)")
     try:
@@ -115,7 +126,7 @@ def decode_image(
         # decides. warnings.catch_warnings is not used to turn Pillow's bomb
         # warning into an error because it changes process-wide state and
         # decoding runs in several threads.
-        return _decode(bytes(data), max_pixels=max_pixels, draft_size=draft_size)
+        return _decode(bytes(data), max_pixels=max_pixels, draft_size=draft_size, max_aspect_ratio=max_aspect_ratio)
     except ImageDecodeError:
         raise
     except (Image.DecompressionBombError, MemoryError) as error:
@@ -131,7 +142,7 @@ def decode_image(
         raise ImageDecodeError("not_image", f"the image could not be decoded: {type(error).__name__}") from error
 
 
-def _decode(data: bytes, *, max_pixels: int, draft_size: int | None) -> Image.Image:
+def _decode(data: bytes, *, max_pixels: int, draft_size: int | None, max_aspect_ratio: float) -> Image.Image:
     image = _open(data)
     width, height = image.size
     if width < 1 or height < 1:
@@ -140,6 +151,13 @@ def _decode(data: bytes, *, max_pixels: int, draft_size: int | None) -> Image.Im
         raise ImageDecodeError(
             "too_large",
             f"the image is {width}x{height} = {width * height} pixels, over the limit of {max_pixels}",
+        )
+    long_side, short_side = max(width, height), min(width, height)
+    if long_side > max_aspect_ratio * short_side:
+        raise ImageDecodeError(
+            "too_large",
+            f"the image is {width}x{height}, an aspect ratio of {long_side / short_side:.1f}:1, "
+            f"over the limit of {max_aspect_ratio:g}:1; crop it to a less elongated shape",
         )
 
     if draft_size and image.format in ("JPEG", "MPO") and min(width, height) >= 2 * draft_size:

@@ -22,6 +22,7 @@ logger = logging.getLogger(__name__)
 
 LANGUAGES = ("en", "zh")
 DEFAULT_LANGUAGE = "en"
+MIN_CLASSES = 2
 
 # Chinese names for class folder names that are common outside Oxford 102,
 # such as the five classes of the TensorFlow flowers data set. Oxford 102
@@ -42,6 +43,19 @@ _IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".t
 
 class LabelSetError(ValueError):
     """A label file or directory that cannot be read as a label set."""
+
+
+def _reject_near_duplicates(class_ids: Sequence[str]) -> None:
+    """Raise `LabelSetError` when two class ids are equal ignoring case and surrounding whitespace."""
+    first_by_key: dict[str, str] = {}
+    for class_id in class_ids:
+        key = class_id.strip().casefold()
+        if key in first_by_key:
+            raise LabelSetError(
+                f"class ids {first_by_key[key]!r} and {class_id!r} differ only in case or surrounding whitespace; "
+                "keep one of them"
+            )
+        first_by_key[key] = class_id
 
 
 def normalize_language(lang: str | None) -> str:
@@ -85,13 +99,18 @@ class LabelSet:
     def __post_init__(self) -> None:
         object.__setattr__(self, "class_ids", tuple(self.class_ids))
         object.__setattr__(self, "names", MappingProxyType({lang: tuple(names) for lang, names in self.names.items()}))
-        if not self.class_ids:
-            raise LabelSetError("a label set needs at least one class")
+        if len(self.class_ids) < MIN_CLASSES:
+            # A softmax over one class returns 100% for every input.
+            raise LabelSetError(
+                f"a label set needs at least {MIN_CLASSES} classes, got {len(self.class_ids)}: "
+                f"{', '.join(self.class_ids) or '(none)'}; add the other classes the model must tell apart"
+            )
         duplicates = sorted({cid for cid in self.class_ids if self.class_ids.count(cid) > 1})
         if duplicates:
             raise LabelSetError(f"duplicate class ids in label set: {', '.join(duplicates)}")
         if any(not cid.strip() for cid in self.class_ids):
             raise LabelSetError("class ids must not be empty")
+        _reject_near_duplicates(self.class_ids)
         for lang, names in self.names.items():
             if len(names) != len(self.class_ids):
                 raise LabelSetError(

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +19,8 @@ from tests.fixtures.bot import BotHarness
 
 REPOSITORY_ROOT = Path(__file__).resolve().parents[1]
 ALICE = make_user(4001, "Alice", language_code="en")
+# The start of a log record as `bot.logging_config` writes it to stderr.
+LOG_RECORD = re.compile(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}")
 
 
 def run_bot(tmp_path: Path, **environment: str) -> subprocess.CompletedProcess[str]:
@@ -65,6 +69,98 @@ def test_model_path_without_bundle_is_one_line(tmp_path: Path) -> None:
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith(f"MODEL_PATH={empty} is not a model bundle")
     assert "Traceback" not in result.stderr
+
+
+def assert_one_line_exit(result: subprocess.CompletedProcess[str], start: str) -> str:
+    """Assert the bot ended with exit status 2 and one stderr line, apart from log records, that starts with `start`.
+
+    Log records (lines that start with a date) may come before it once logging is set up. Returns the line.
+    """
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.strip().splitlines() if not LOG_RECORD.match(line)]
+    assert len(lines) == 1, result.stderr[-2000:]
+    assert result.stderr.strip().endswith(lines[0])
+    assert lines[0].startswith(start), lines[0]
+    return lines[0]
+
+
+@pytest.mark.parametrize("token", ["", "no-colon-in-this-token", "abc:secret-token-value"])
+def test_malformed_token_is_one_line(tmp_path: Path, flowers5_bundle_dir: Path, token: str) -> None:
+    result = run_bot(tmp_path, TELEGRAM_BOT_TOKEN=token, MODEL_PATH=str(flowers5_bundle_dir))
+
+    line = assert_one_line_exit(result, "TELEGRAM_BOT_TOKEN is invalid")
+    assert "@BotFather" in line
+    if token:
+        assert token not in result.stderr
+
+
+def test_onnx_backend_without_export_is_one_line(tmp_path: Path, flowers5_bundle_dir: Path) -> None:
+    result = run_bot(
+        tmp_path, TELEGRAM_BOT_TOKEN="123:secret-token-value-for-the-test", MODEL_PATH=str(flowers5_bundle_dir), BACKEND="onnx"
+    )
+
+    line = assert_one_line_exit(result, "BACKEND=onnx")
+    assert f"python -m training export --model {flowers5_bundle_dir}" in line
+
+
+def test_data_dir_not_creatable_is_one_line(tmp_path: Path, flowers5_bundle_dir: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+
+    result = run_bot(
+        tmp_path,
+        TELEGRAM_BOT_TOKEN="123:secret-token-value-for-the-test",
+        MODEL_PATH=str(flowers5_bundle_dir),
+        DATA_DIR=str(blocker / "data"),
+    )
+
+    assert_one_line_exit(result, f"DATA_DIR={blocker / 'data'} cannot be created")
+
+
+@pytest.mark.parametrize("url", ["mysql://x", "nosuchdatabase://x", "not a url"])
+def test_unusable_database_url_is_one_line(tmp_path: Path, flowers5_bundle_dir: Path, url: str) -> None:
+    result = run_bot(
+        tmp_path, TELEGRAM_BOT_TOKEN="123:secret-token-value-for-the-test", MODEL_PATH=str(flowers5_bundle_dir), DATABASE_URL=url
+    )
+
+    line = assert_one_line_exit(result, "DATABASE_URL")
+    assert "sqlite+aiosqlite" in line
+
+
+async def test_http_port_in_use_is_one_line(
+    telegram_emulator: TelegramEmulator, flowers5_bundle_dir: Path, database_url: str, tmp_path: Path
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {
+            "PATH": os.environ.get("PATH", ""),
+            "PYTHONPATH": str(REPOSITORY_ROOT),
+            "TELEGRAM_BOT_TOKEN": telegram_emulator.token,
+            "TELEGRAM_BASE_URL": telegram_emulator.base_url,
+            "TELEGRAM_BASE_FILE_URL": telegram_emulator.base_file_url,
+            "DATABASE_URL": database_url,
+            "DATA_DIR": str(tmp_path / "data"),
+            "MODEL_PATH": str(flowers5_bundle_dir),
+            "DEVICE": "cpu",
+            "HTTP_HOST": "127.0.0.1",
+            "HTTP_PORT": str(port),
+        }
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bot", cwd=tmp_path, env=env, stderr=asyncio.subprocess.PIPE
+        )
+        try:
+            _, stderr = await asyncio.wait_for(process.communicate(), 120)
+        finally:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+
+    result = subprocess.CompletedProcess(["python", "-m", "bot"], process.returncode, "", stderr.decode())
+    line = assert_one_line_exit(result, f"HTTP_PORT={port} is already in use")
+    assert "HTTP_PORT to a free port or 0" in line
 
 
 async def test_error_handler_logs_and_apologizes(flowerbot: BotHarness, caplog: pytest.LogCaptureFixture) -> None:

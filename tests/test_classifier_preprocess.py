@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from classifier.preprocess import Preprocessing, resized_size, to_array
+from classifier.preprocess import Preprocessing, resize_and_crop, resized_size, to_array
 
 transforms = pytest.importorskip("torchvision.transforms")
 
@@ -95,3 +95,31 @@ def test_invalid_values_are_rejected():
         Preprocessing(interpolation="lanczos9")
     with pytest.raises(ValueError, match="std"):
         Preprocessing(std=(0.2, 0.0, 0.2))
+
+
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic", "nearest"])
+@pytest.mark.parametrize("size", [(3000, 200), (200, 3000), (5001, 257), (257, 5001), (50, 999)], ids=lambda size: f"{size[0]}x{size[1]}")
+def test_window_resize_matches_full_resize(size: tuple[int, int], interpolation: str):
+    spec = Preprocessing(interpolation=interpolation)
+    image = noise_picture(*size, seed=size[0] + size[1])
+
+    full = np.asarray(resize_and_crop(image, spec), dtype=np.int16)
+    window = np.asarray(resize_and_crop(image, spec, max_side=300), dtype=np.int16)
+
+    assert window.shape == full.shape == (224, 224, 3)
+    assert np.abs(window - full).max() <= 1
+    assert np.mean(window != full) < 0.001
+
+
+@pytest.mark.parametrize("size", [(160000, 1), (1, 160000)], ids=lambda size: f"{size[0]}x{size[1]}")
+def test_extreme_aspect_ratio_stays_small(size: tuple[int, int]):
+    # A full resize of 160000x1 to a short side of 256 would allocate about 39 GiB
+    # (40960000 x 256 pixels, 4 bytes each in Pillow).
+    spec = Preprocessing()
+    image = Image.new("RGB", size, (40, 160, 60))
+
+    array = to_array(image, spec)
+
+    expected = (np.array([40, 160, 60]) / 255.0 - np.array(spec.mean)) / np.array(spec.std)
+    assert array.shape == (3, 224, 224)
+    assert np.abs(array - expected[:, None, None].astype(np.float32)).max() < 1e-5

@@ -455,6 +455,48 @@ def test_pixel_limit_is_a_parameter():
     assert decoded.size == (100, 100)
 
 
+def elongated_png(width: int, height: int) -> bytes:
+    """Return a real, fully decodable PNG of a plain color; a few hundred bytes even at 160000x1."""
+    return encode(Image.new("RGB", (width, height), (40, 160, 60)), "PNG", optimize=True)
+
+
+@pytest.mark.parametrize("size", [(20000, 4), (4, 20000), (160000, 1)], ids=lambda size: f"{size[0]}x{size[1]}")
+def test_elongated_image_is_too_large(size: tuple[int, int]):
+    data = elongated_png(*size)
+    # Small and under the pixel limit, so only the aspect ratio check rejects it.
+    assert len(data) < 2000
+    assert size[0] * size[1] < 1_000_000
+
+    with pytest.raises(ImageDecodeError) as caught:
+        decode_image(data)
+
+    assert caught.value.reason == "too_large"
+    assert "aspect ratio" in str(caught.value)
+    assert f"{size[0]}x{size[1]}" in str(caught.value)
+
+
+def test_aspect_ratio_limit_is_a_parameter():
+    data = elongated_png(300, 10)
+
+    with pytest.raises(ImageDecodeError) as caught:
+        decode_image(data, max_aspect_ratio=29.9)
+    decoded = decode_image(data, max_aspect_ratio=30)
+
+    assert caught.value.reason == "too_large"
+    assert decoded.size == (300, 10)
+    with pytest.raises(ValueError, match="max_aspect_ratio"):
+        decode_image(data, max_aspect_ratio=0.5)
+
+
+def test_large_normal_photo_still_decodes():
+    data = encode(make_picture(4000, 3000), "JPEG", quality=80)
+
+    decoded = decode_image(data, draft_size=None)
+
+    assert decoded.size == (4000, 3000)
+    assert to_array(decoded).shape == (3, 224, 224)
+
+
 def test_decompression_bomb_over_pillow_limit():
     # Over twice Pillow's MAX_IMAGE_PIXELS, Image.open itself raises DecompressionBombError.
     data = png_declaring(30000, 10000)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import io
+import logging
 from typing import Any
 
 import numpy as np
@@ -341,6 +342,19 @@ async def test_garbage_callback_gets_notice(flowerbot: BotHarness) -> None:
     assert await corrections(flowerbot, prediction) == []
 
 
+async def test_empty_callback_gets_notice(flowerbot: BotHarness, caplog: pytest.LogCaptureFixture) -> None:
+    # python-telegram-bot offers empty data to every pattern handler, the language buttons' one included.
+    alice = Chat(flowerbot, ALICE)
+    answer, prediction = await alice.photo(22)
+    with caplog.at_level(logging.ERROR):
+        reply = await alice.press(answer, "", require_button=False)
+        await flowerbot.wait_idle()
+
+    assert reply == notice("feedback.notice.invalid_button")
+    assert [record for record in caplog.records if record.levelno >= logging.ERROR] == []
+    assert await corrections(flowerbot, prediction) == []
+
+
 async def test_other_person_in_group_rejected(flowerbot: BotHarness) -> None:
     alice = Chat(flowerbot, ALICE, GROUP)
     bob = Chat(flowerbot, BOB, GROUP)
@@ -431,6 +445,33 @@ async def test_typed_name_without_match(flowerbot: BotHarness) -> None:
     )
     assert await flowerbot.repository.get_pending_input(ALICE["id"], alice.chat_id) is None
     assert await corrections(flowerbot, prediction) == []
+
+
+async def test_new_photo_ends_typing_name(flowerbot: BotHarness) -> None:
+    alice = Chat(flowerbot, ALICE)
+    answer, prediction = await alice.photo(19)
+    await _start_typing(flowerbot, alice, answer, prediction)
+
+    await alice.photo(20)
+    assert await flowerbot.repository.get_pending_input(ALICE["id"], alice.chat_id) is None
+
+    # Text after the new photo is no longer taken as a name for the first one.
+    flowerbot.emulator.send_text(alice.user, alice.chat, "roses")
+    await flowerbot.wait_idle()
+    assert await corrections(flowerbot, prediction) == []
+    assert not any(message_text(sent).startswith("Species matching") for sent in flowerbot.emulator.sent_messages(alice.chat_id))
+
+
+async def test_command_ends_typing_name(flowerbot: BotHarness) -> None:
+    alice = Chat(flowerbot, ALICE)
+    answer, prediction = await alice.photo(21)
+    await _start_typing(flowerbot, alice, answer, prediction)
+
+    command = flowerbot.emulator.send_command(alice.user, alice.chat, "help")
+    await flowerbot.emulator.wait_for_response(command)
+    await flowerbot.wait_idle()
+
+    assert await flowerbot.repository.get_pending_input(ALICE["id"], alice.chat_id) is None
 
 
 async def test_restart_while_typing_name(flowerbot: BotHarness) -> None:

@@ -11,7 +11,7 @@ from PIL import Image
 
 from classifier.bundle import new_random_bundle
 from classifier.labels import LabelSet
-from classifier.preprocess import to_array
+from classifier.preprocess import Preprocessing, to_array
 from training.__main__ import main
 from training.gradcam import center_crop_box, colorize, grad_cam
 
@@ -62,3 +62,18 @@ def test_colorize_runs_from_blue_to_red():
     colors = colorize(np.array([[0.0, 1.0]]))
     assert tuple(colors[0, 0]) == (0, 0, 160)
     assert tuple(colors[0, 1]) == (230, 20, 0)
+
+
+@pytest.mark.parametrize("content", [None, b"plain text, not a photo\n"], ids=["missing", "not-an-image"])
+def test_gradcam_command_rejects_unreadable_image(content, tmp_path, caplog):
+    tiny_bundle = new_random_bundle(LabelSet.from_names(["a", "b"]), tmp_path / "bundle", seed=2, preprocessing=Preprocessing(resize=72, crop=64))
+    photo = tmp_path / "photo.jpg"
+    if content is not None:
+        photo.write_bytes(content)
+    out = tmp_path / "cam.png"
+    assert main(["gradcam", "--model", str(tiny_bundle.path), str(photo), "--out", str(out), "--device", "cpu"]) == 2
+    records = [record for record in caplog.records if record.name == "training" and record.levelname == "ERROR"]
+    assert len(records) == 1
+    assert not records[0].exc_info
+    assert str(photo) in records[0].getMessage()
+    assert not out.exists()

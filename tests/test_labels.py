@@ -142,12 +142,56 @@ def test_invalid_json_is_rejected(tmp_path: Path):
 
 
 def test_single_language_set_falls_back():
-    labels = LabelSet(class_ids=("x",), names={"zh": ("某花",)})
+    labels = LabelSet(class_ids=("x", "y"), names={"zh": ("某花", "另一种花")})
 
     assert labels.display_name(0, "en") == "某花"
     assert labels.display_name(0, "zh-hans") == "某花"
     with pytest.raises(IndexError):
-        labels.display_name(1, "en")
+        labels.display_name(2, "en")
+
+
+def test_one_class_set_is_rejected(tmp_path: Path):
+    path = tmp_path / "one.txt"
+    path.write_text("rose\n", encoding="utf-8")
+
+    with pytest.raises(LabelSetError, match="at least 2 classes, got 1: rose"):
+        LabelSet.from_path(path)
+    with pytest.raises(LabelSetError, match="at least 2 classes"):
+        LabelSet.from_names(["rose"])
+    with pytest.raises(LabelSetError, match="at least 2 classes"):
+        LabelSet.from_dict({"classes": [{"id": "rose"}]})
+    with pytest.raises(LabelSetError, match="at least 2 classes, got 0"):
+        LabelSet(class_ids=(), names={})
+
+
+def test_one_class_folder_is_rejected(tmp_path: Path):
+    (tmp_path / "train" / "roses").mkdir(parents=True)
+
+    with pytest.raises(LabelSetError, match="at least 2 classes"):
+        LabelSet.from_path(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "names",
+    [["Rose", "tulip", "rose"], ["rose", " ROSE "], ["Daisy", "DAISY"]],
+    ids=["case", "case and spaces", "upper"],
+)
+def test_near_duplicate_class_ids_are_rejected(names: list[str]):
+    first, second = (name for name in names if name.strip().lower() == names[-1].strip().lower())
+
+    with pytest.raises(LabelSetError, match="differ only in case") as caught:
+        LabelSet(class_ids=tuple(names), names={})
+
+    assert repr(first) in str(caught.value)
+    assert repr(second) in str(caught.value)
+
+
+def test_near_duplicate_in_text_file_is_rejected(tmp_path: Path):
+    path = tmp_path / "classes.txt"
+    path.write_text("Rose\ntulip\nrose\n", encoding="utf-8")
+
+    with pytest.raises(LabelSetError, match="'Rose' and 'rose'"):
+        LabelSet.from_path(path)
 
 
 def test_language_tags_are_normalized():

@@ -28,6 +28,9 @@ def _first(labels: LabelSet, query: str) -> str:
         ("向日葵", "sunflowers"),
         ("郁金香", "tulips"),
         ("蒲公", "dandelion"),
+        ("郁金相", "tulips"),  # one wrong character
+        ("向日癸", "sunflowers"),
+        ("玫槐", "roses"),
         ("ｒｏｓｅｓ", "roses"),  # full-width letters
     ],
 )
@@ -73,6 +76,12 @@ def test_limit_respected() -> None:
 
 @pytest.mark.parametrize("query", ["", "   ", "xyzzy", "qwerty", "1234", "a", "花"])
 def test_nonsense_matches_nothing(query: str) -> None:
+    assert search_names(FLOWERS5, query) == []
+
+
+@pytest.mark.parametrize("query", ["hello", "helo", "金相", "日癸"])
+def test_cjk_tolerance_stays_narrow(query: str) -> None:
+    # English queries get no edit allowance; a CJK query two edits from every name matches nothing.
     assert search_names(FLOWERS5, query) == []
 
 

@@ -253,7 +253,7 @@ def test_links_cover_every_known_class() -> None:
 def test_link_fallbacks() -> None:
     oxford = LabelSet.oxford102()
     cape = oxford.index_of("cape flower")  # has no Chinese title
-    custom = LabelSet.from_names(["Blue Poppy Seedling"])
+    custom = LabelSet.from_names(["Blue Poppy Seedling", "Ghost Orchid"])
 
     assert wikipedia_link(oxford, cape, "zh").url == "https://en.wikipedia.org/wiki/Nerine"
     assert text("species.card.wikipedia_english", "zh", url="https://en.wikipedia.org/wiki/Nerine", title="Nerine") in species_card(oxford, cape, "zh")
@@ -265,7 +265,7 @@ def test_link_fallbacks() -> None:
 
 
 def test_card_escapes_html() -> None:
-    labels = LabelSet.from_names(["a<b>&c"])
+    labels = LabelSet.from_names(["a<b>&c", "plain"])
     card = species_card(labels, 0, "en")
     assert "a&lt;b&gt;&amp;c" in card
     assert "<b>a<b>" not in card
@@ -274,7 +274,7 @@ def test_card_escapes_html() -> None:
 def test_reference_jpeg_is_small(tmp_path: Path) -> None:
     source = tmp_path / "big.png"
     Image.new("RGB", (2000, 1000), (200, 30, 90)).save(source)
-    bundle = Bundle(version="v", labels=LabelSet.from_names(["only"]))
+    bundle = Bundle(version="v", labels=LabelSet.from_names(["only", "other"]))
 
     files = add_reference_photos(bundle, [(source, 0)], tmp_path / "scratch", per_class=3)
 

@@ -63,13 +63,13 @@ def test_image_folder_with_train_and_val(tmp_path):
 
 
 def test_image_folder_without_val_is_rejected(tmp_path):
-    make_image_folder(tmp_path, {"a": 2}, splits=("train",))
+    make_image_folder(tmp_path, {"a": 2, "b": 2}, splits=("train",))
     with pytest.raises(FileNotFoundError, match="no val/"):
         load_splits(DataSpec(source=str(tmp_path)))
 
 
 def test_val_class_unknown_to_train_is_rejected(tmp_path):
-    make_image_folder(tmp_path, {"a": 2})
+    make_image_folder(tmp_path, {"a": 2, "b": 2})
     make_image(tmp_path / "val" / "stray" / "x.jpg", 99)
     with pytest.raises(ValueError, match="stray"):
         load_splits(DataSpec(source=str(tmp_path)))
@@ -126,7 +126,7 @@ def test_extra_example_with_unknown_label_is_rejected(tmp_path):
 
 
 def test_extra_example_with_missing_file_is_rejected(tmp_path):
-    labels = LabelSet.from_names(["daisy"])
+    labels = LabelSet.from_names(["daisy", "roses"])
     with pytest.raises(ValueError, match="not found"):
         resolve_examples([(tmp_path / "gone.jpg", "daisy")], labels)
 

@@ -10,6 +10,8 @@ from PIL import Image
 
 from classifier.bundle import new_random_bundle
 from classifier.labels import LabelSet
+from classifier.preprocess import Preprocessing
+from tests.test_training_data import make_image_folder
 from training.__main__ import main
 from training.data import DataSpec
 from training.evaluate import build_report, draw_confusion_matrix, evaluate_bundle
@@ -79,3 +81,17 @@ def test_confusion_matrix_image_scales_to_102_classes():
     off_diagonal = image.getpixel((left_top[0] + 12 + 6, left_top[1] + 6))
     assert sum(diagonal) < 300
     assert off_diagonal == (255, 255, 255)
+
+
+def test_evaluate_without_data_uses_all_images(tmp_path, capsys):
+    data = make_image_folder(tmp_path / "data", {"a": 1, "b": 1}, val_count=3)
+    bundle = new_random_bundle(LabelSet.from_path(data), tmp_path / "bundle", seed=4, preprocessing=Preprocessing(resize=72, crop=64))
+    bundle.recipe["data"] = DataSpec(source=str(data), limit_per_class=1).to_dict()
+    bundle.save(tmp_path / "bundle")
+    common = ["evaluate", "--model", str(tmp_path / "bundle"), "--device", "cpu", "--no-progress-bar"]
+
+    assert main([*common, "--out", str(tmp_path / "all")]) == 0
+    assert json.loads(capsys.readouterr().out)["samples"] == 6
+
+    assert main([*common, "--out", str(tmp_path / "two"), "--limit-per-class", "2"]) == 0
+    assert json.loads(capsys.readouterr().out)["samples"] == 4

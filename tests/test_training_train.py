@@ -14,8 +14,9 @@ from training.__main__ import main
 from training.checkpoint import CHECKPOINT_NAME, FEATURES_NAME
 from training.data import DataSpec
 from training.engine import TrainingCancelled
+from training.errors import InputError
 from training.recipe import Recipe
-from training.train import train
+from training.train import check_out_dir, train
 
 TINY = {"crop_size": 64, "resize_size": 72, "workers": 0, "ood_synthetic": 0}
 
@@ -169,3 +170,56 @@ def test_finetune_trains_the_backbone(tmp_path):
     trained = bundle.state_dict()
     assert bundle.recipe["run"]["path"] == "plain"
     assert not torch.equal(initial["features.0.0.weight"], trained["features.0.0.weight"])
+
+
+def failure_records(caplog) -> list:
+    return [record for record in caplog.records if record.name == "training" and record.levelname == "ERROR"]
+
+
+def test_train_command_rejects_out_dir_in_use(tmp_path, caplog):
+    data = make_image_folder(tmp_path / "data", {"a": 1, "b": 1}, val_count=1)
+    out = tmp_path / "notes"
+    out.mkdir()
+    (out / "todo.txt").write_text("keep me\n", encoding="utf-8")
+    status = main(["train", "--data", str(data), "--weights", "none", "--out", str(out), "--epochs", "1", "--views", "1", "--crop-size", "64", "--resize-size", "72", "--workers", "0", "--ood-synthetic", "0", "--no-progress-bar"])
+    assert status == 2
+    assert sorted(path.name for path in out.iterdir()) == ["todo.txt"]
+    records = failure_records(caplog)
+    assert len(records) == 1
+    assert not records[0].exc_info
+    assert str(out) in records[0].getMessage()
+    assert "not a bundle" in records[0].getMessage()
+
+
+def test_train_checkpoint_needs_resume(tmp_path):
+    out = tmp_path / "unfinished"
+    out.mkdir()
+    (out / CHECKPOINT_NAME).write_bytes(b"checkpoint of an earlier run")
+    # The data directory does not exist: the output check must fail first.
+    with pytest.raises(InputError, match="--resume"):
+        train(Recipe(**TINY), str(tmp_path / "missing-data"), "none", out, show_progress_bar=False)
+    assert sorted(path.name for path in out.iterdir()) == [CHECKPOINT_NAME]
+
+
+def test_out_dir_check_accepts_reusable_dirs(tmp_path):
+    check_out_dir(tmp_path / "missing", resume=False)
+    (tmp_path / "empty").mkdir()
+    check_out_dir(tmp_path / "empty", resume=False)
+    bundle_dir = tmp_path / "bundle"
+    bundle_dir.mkdir()
+    (bundle_dir / "bundle.json").write_text("{}", encoding="utf-8")
+    (bundle_dir / "model.pt").write_bytes(b"")
+    check_out_dir(bundle_dir, resume=False)
+    cache_only = tmp_path / "cache"
+    cache_only.mkdir()
+    (cache_only / FEATURES_NAME).write_bytes(b"")
+    check_out_dir(cache_only, resume=False)
+    (cache_only / CHECKPOINT_NAME).write_bytes(b"")
+    check_out_dir(cache_only, resume=True)
+
+
+def test_out_dir_check_rejects_a_file(tmp_path):
+    target = tmp_path / "model.bin"
+    target.write_bytes(b"")
+    with pytest.raises(InputError, match="is a file"):
+        check_out_dir(target, resume=False)

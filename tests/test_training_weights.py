@@ -10,6 +10,7 @@ from classifier.bundle import Bundle, new_random_bundle
 from classifier.labels import LabelSet
 from tests.test_training_data import make_image_folder
 from training.__main__ import main
+from training.errors import InputError
 from training.weights import build_starting_model
 
 
@@ -104,7 +105,53 @@ def test_none_weights_are_seeded():
 
 def test_unknown_weights_spec_is_rejected(tmp_path):
     with pytest.raises(FileNotFoundError, match="neither 'imagenet', 'none'"):
-        build_starting_model(tmp_path / "missing.pth", LabelSet.from_names(["a"]), seed=0)
+        build_starting_model(tmp_path / "missing.pth", LabelSet.from_names(["a", "b"]), seed=0)
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="without bundle.json"):
-        build_starting_model(tmp_path / "empty", LabelSet.from_names(["a"]), seed=0)
+        build_starting_model(tmp_path / "empty", LabelSet.from_names(["a", "b"]), seed=0)
+
+
+def error_records(caplog) -> list:
+    return [record for record in caplog.records if record.name == "training" and record.levelname == "ERROR"]
+
+
+def train_args(data, weights, out) -> list[str]:
+    return ["train", "--data", str(data), "--weights", str(weights), "--out", str(out), "--epochs", "1", "--workers", "0", "--no-progress-bar"]
+
+
+def test_corrupt_weights_file_exits_with_one_line(tmp_path, caplog):
+    data = make_image_folder(tmp_path / "data", {"a": 1, "b": 1}, val_count=1)
+    corrupt = tmp_path / "convnext_tiny.pth"
+    corrupt.write_bytes(bytes(range(256)) * 4)
+    assert main(train_args(data, corrupt, tmp_path / "bundle")) == 2
+    records = error_records(caplog)
+    assert len(records) == 1
+    assert not records[0].exc_info
+    message = records[0].getMessage()
+    assert f"could not read weights file {corrupt}" in message
+    assert "'imagenet' or 'none'" in message
+    assert "weights_only" not in message
+    assert len(message.splitlines()) == 1
+    assert not (tmp_path / "bundle").exists()
+
+
+def test_truncated_weights_file_raises_input_error(torchvision_checkpoint, tmp_path):
+    path, _ = torchvision_checkpoint
+    truncated = tmp_path / "truncated.pth"
+    truncated.write_bytes(path.read_bytes()[:4096])
+    with pytest.raises(InputError, match="could not read weights file"):
+        build_starting_model(truncated, LabelSet.from_names(["a", "b"]), seed=0)
+
+
+def test_unavailable_imagenet_weights_exit_with_one_line(tmp_path, monkeypatch, caplog):
+    # A file where the torch hub keeps its checkpoints directory makes the load fail before any download.
+    torch_home = tmp_path / "torch-home"
+    (torch_home / "hub").mkdir(parents=True)
+    (torch_home / "hub" / "checkpoints").write_text("not a directory\n", encoding="utf-8")
+    monkeypatch.setenv("TORCH_HOME", str(torch_home))
+    data = make_image_folder(tmp_path / "data", {"a": 1, "b": 1}, val_count=1)
+    assert main(train_args(data, "imagenet", tmp_path / "bundle")) == 2
+    records = error_records(caplog)
+    assert len(records) == 1
+    assert not records[0].exc_info
+    assert "could not load the ImageNet ConvNeXt-Tiny weights" in records[0].getMessage()

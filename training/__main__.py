@@ -240,6 +240,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         device=args.device,
         precision=args.precision,
         show_progress_bar=not args.no_progress_bar,
+        limit_per_class=args.limit_per_class,
     )
     print(json.dumps({key: report[key] for key in ("top1", "top5", "samples", "report", "confusion_png")}, indent=2))
     return 0
@@ -272,23 +273,27 @@ def _run_gradcam(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; return 0 on success, 1 when it fails, 2 on invalid input, 3 for an unfit export."""
     args = build_parser().parse_args(argv)
     _configure_logging(args.log_level)
     from classifier.bundle import BundleError
+    from training.data import ImageDataError
     from training.engine import TrainingCancelled
+    from training.errors import InputError
 
     runners = {"train": _run_train, "evaluate": _run_evaluate, "export": _run_export, "gradcam": _run_gradcam}
     try:
         return runners[args.command](args)
     except Exception as error:
         # Bad input gets a one-line message; anything else also gets its traceback.
-        expected = isinstance(error, (ValueError, FileNotFoundError, BundleError, TrainingCancelled))
+        invalid_input = isinstance(error, (InputError, ImageDataError))
+        expected = invalid_input or isinstance(error, (ValueError, FileNotFoundError, BundleError, TrainingCancelled))
         logger.error("%s failed: %s", args.command, error, exc_info=not expected or args.log_level == "DEBUG")
         if getattr(args, "progress_json", False):
             from training.progress import json_lines_callback
 
             json_lines_callback()({"event": "error", "message": f"{type(error).__name__}: {error}"})
-        return 1
+        return 2 if invalid_input else 1
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ writes `report.json` and `confusion.png` into `out`.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -78,12 +79,14 @@ def evaluate_bundle(
     precision: str = "auto",
     workers: int = -1,
     show_progress_bar: bool = True,
+    limit_per_class: int | None = None,
 ) -> dict[str, Any]:
     """Evaluate a bundle on a split of `data`, or on labelled `examples`, and write the report.
 
     - `data`: a DataSpec, an ImageFolder directory or 'flowers102'; None uses
-      the data recorded in the bundle. Its classes are matched to the
-      bundle's by class id.
+      the data recorded in the bundle, with all its images unless
+      `limit_per_class` is given (the limit used in training is not reused).
+      Its classes are matched to the bundle's by class id.
     - `examples`: labelled photos as for `train(extra_examples=...)`; when
       given, `data` and `split` are ignored.
     - `out`: directory for report.json and confusion.png; default
@@ -110,6 +113,8 @@ def evaluate_bundle(
             spec = DataSpec(source=str(data))
         else:
             spec = recorded_data_spec(bundle)
+            if spec is not None:
+                spec = dataclasses.replace(spec, limit_per_class=limit_per_class)
         if spec is None:
             raise ValueError(f"bundle {bundle.path} records no training data; pass --data DIR or flowers102")
         splits = load_splits(spec)

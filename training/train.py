@@ -39,7 +39,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from classifier.bundle import Bundle, new_version_id
+from classifier.bundle import MANIFEST_NAME, Bundle, new_version_id
 from classifier.preprocess import Preprocessing
 from classifier.references import add_reference_photos
 from training import checkpoint as checkpoints
@@ -69,6 +69,7 @@ from training.engine import (
     topk_correct,
     train_plain_epoch,
 )
+from training.errors import InputError
 from training.features import FeatureCache, cache_fingerprint, extract_features, head_logits, predict_logits, train_head_epoch
 from training.presets import eval_preset, train_preset
 from training.progress import ProgressCallback, ProgressReporter
@@ -474,6 +475,7 @@ def train(
     """
     spec = data_spec if isinstance(data_spec, DataSpec) else DataSpec(source=str(data_spec))
     out = Path(out)
+    check_out_dir(out, resume=resume)
     started = time.monotonic()
     torch_device = resolve_device(device)
     context = init_distributed(torch_device)
@@ -602,6 +604,36 @@ def train(
     logger.info("val top-1 %.4f, top-5 %.4f; bundle %s written to %s in %.1f s", val_top1, val_top5, bundle.version, out, total)
     reporter.emit("done", out=str(out), version=bundle.version, val_acc=val_top1, val_top5=val_top5, epochs_run=result["epochs_run"], seconds=total)
     return bundle
+
+
+def check_out_dir(out: Path, *, resume: bool) -> None:
+    """Raise InputError unless training may write its files and then the bundle to `out`.
+
+    `out` may be missing, empty, or an existing bundle, which the new bundle
+    replaces. It may also contain the feature cache of an earlier run, which
+    is reused only when its fingerprint matches, and, with `resume`, the
+    checkpoint of an unfinished run. Anything else would make the final save
+    fail after the whole run, so the check runs before any data is read.
+    """
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise InputError(f"--out {out} is a file, not a directory; pass a new or empty directory or an existing bundle")
+    if (out / MANIFEST_NAME).is_file():
+        return
+    names = {entry.name for entry in out.iterdir()}
+    if checkpoints.CHECKPOINT_NAME in names and not resume:
+        raise InputError(
+            f"--out {out} contains {checkpoints.CHECKPOINT_NAME} of an unfinished run; "
+            f"pass --resume to continue it, or delete it to start over"
+        )
+    others = sorted(names - {checkpoints.CHECKPOINT_NAME, checkpoints.FEATURES_NAME})
+    if others:
+        shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
+        raise InputError(
+            f"--out {out} is a non-empty directory that is not a bundle (it contains {shown}); "
+            f"pass a new or empty directory or an existing bundle"
+        )
 
 
 def per_class_accuracy(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> list[float | None]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import pickle
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -25,10 +26,12 @@ import torch
 from classifier.bundle import MANIFEST_NAME, Bundle
 from classifier.labels import LabelSet
 from classifier.model import FlowerNet, build_model, imagenet_weights, load_torchvision_state_dict
+from training.errors import InputError
 
 logger = logging.getLogger(__name__)
 
 LINEAR_KEYS = ("classifier.2.weight", "classifier.2.bias")
+ACCEPTED_WEIGHTS = "pass a torchvision ConvNeXt-Tiny state dict, a flowerbot bundle directory, 'imagenet' or 'none'"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +63,27 @@ def _load_flowernet_backbone(model: FlowerNet, state_dict: Mapping[str, torch.Te
         )
 
 
+def read_state_dict_file(path: Path) -> Any:
+    """Load a weights file with `torch.load(weights_only=True)`; raise InputError when it cannot be read."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        # A damaged or foreign file fails in many ways inside torch.load (UnpicklingError, RuntimeError,
+        # KeyError, EOFError). torch's message suggests weights_only=False, which would run code from the file.
+        raise InputError(f"could not read weights file {path}: {_load_failure_reason(error)}; {ACCEPTED_WEIGHTS}") from error
+
+
+def _load_failure_reason(error: Exception) -> str:
+    """Return one line on why torch.load failed, without its advice to turn off weights_only."""
+    if isinstance(error, pickle.UnpicklingError):
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        detail = next((line for line in lines if line.startswith("Unsupported")), None)
+        return f"not a tensor-only PyTorch file ({detail})" if detail else "not a tensor-only PyTorch file"
+    message = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    message = message.split("  (Could this error message be improved?")[0]
+    return f"{type(error).__name__}: {message}" if message else type(error).__name__
+
+
 def build_starting_model(weights: str | Path, labels: LabelSet, *, seed: int) -> tuple[FlowerNet, WeightsInfo]:
     """Build a FlowerNet for `labels` from a weights spec: 'imagenet', 'none', a file or a bundle directory.
 
@@ -74,7 +98,11 @@ def build_starting_model(weights: str | Path, labels: LabelSet, *, seed: int) ->
         return build_model(num_classes), WeightsInfo(kind="none")
 
     if spec == "imagenet":
-        state_dict = imagenet_weights()
+        try:
+            state_dict = imagenet_weights()
+        except RuntimeError as error:
+            # classifier.model wraps download and cache failures into a message that says how to fix them.
+            raise InputError(str(error)) from error
         model = build_model(num_classes)
         load_torchvision_state_dict(model, state_dict)
         return model, WeightsInfo(kind="imagenet", source="torchvision ConvNeXt_Tiny_Weights.IMAGENET1K_V1")
@@ -100,7 +128,7 @@ def build_starting_model(weights: str | Path, labels: LabelSet, *, seed: int) ->
         raise FileNotFoundError(
             f"--weights {spec!r} is neither 'imagenet', 'none', a state dict file nor a bundle directory"
         )
-    state_dict = torch.load(path, map_location="cpu", weights_only=True)
+    state_dict = read_state_dict_file(path)
     if isinstance(state_dict, Mapping) and isinstance(state_dict.get("model"), Mapping):
         state_dict = state_dict["model"]
     if not isinstance(state_dict, Mapping):

@@ -100,6 +100,12 @@ async def lang_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> Non
     if query is None or query.data is None:
         return
     lang = query.data.removeprefix(CALLBACK_PREFIX)
+    if not query.data.startswith(CALLBACK_PREFIX) or lang not in LANGUAGES:
+        # python-telegram-bot hands empty callback data to every pattern handler, so it lands here too.
+        bot_context = get_bot_context(context)
+        logger.warning("rejected language button data from user %d (%d bytes)", query.from_user.id, len(query.data.encode("utf-8")))
+        await query.answer(text("feedback.notice.invalid_button", await user_language(bot_context, query.from_user)))
+        return
     await get_bot_context(context).repository.set_user_language(query.from_user.id, lang)
     logger.info("user %d chose language %s by button", query.from_user.id, lang)
     confirmation = text("lang.set", lang)

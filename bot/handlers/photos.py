@@ -24,6 +24,7 @@ from bot import metrics
 from bot.albums import collect_album_photo
 from bot.answers import DEFAULT_TOP_K, TOP5_K, answer_image, answer_stored, message_image
 from bot.context import BotContext, get_bot_context
+from bot.handlers.feedback import TYPED_NAME_GROUP
 from bot.handlers.language import user_language
 from bot.i18n import text
 from bot.rate_limit import IMAGES, get_rate_limiter
@@ -113,7 +114,28 @@ async def top5_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> No
     await answer_stored(bot_context, context.bot, row, message, k=TOP5_K, lang=lang)
 
 
+async def end_pending_input(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """Drop the sender's pending "type the name" in this chat when they move on to a new photo, file or command.
+
+    Without this, ordinary text sent later would still be matched against the earlier photo.
+    """
+    message = update.message
+    user = message.from_user if message is not None else None
+    if message is None or user is None:
+        return
+    if await get_bot_context(context).repository.clear_pending_input(user.id, message.chat_id):
+        logger.info("user %d moved on in chat %d; pending input dropped", user.id, message.chat_id)
+
+
 def register(application: Application) -> None:
-    """Add the photo, document and /top5 handlers."""
+    """Add the photo, document and /top5 handlers.
+
+    `end_pending_input` runs in the typed-name group, before them; its filter never
+    overlaps the typed-name handler's (text that is not a command).
+    """
+    application.add_handler(
+        MessageHandler(PHOTO_FILTER | DOCUMENT_FILTER | (filters.UpdateType.MESSAGE & filters.COMMAND), end_pending_input),
+        group=TYPED_NAME_GROUP,
+    )
     application.add_handler(MessageHandler(PHOTO_FILTER | DOCUMENT_FILTER, image_message))
     application.add_handler(CommandHandler(TOP5_COMMAND, top5_command))

@@ -43,8 +43,8 @@ MESSAGES: dict[str, dict[str, str]] = {
         "zh": "这张图片已损坏或不完整，我无法读取。请重新发送照片。",
     },
     "photo.too_large": {
-        "en": "That image has too many pixels for me to read. Send a smaller version, such as a normal phone photo.",
-        "zh": "这张图片的像素太多，我无法读取。请发送尺寸小一些的版本，例如普通的手机照片。",
+        "en": "That image is too large, or too long and narrow, for me to read. Send a normal photo of the flower instead.",
+        "zh": "这张图片太大，或者太细长，我无法读取。请改发一张普通的花朵照片。",
     },
     "photo.unsupported": {
         "en": "I cannot read this kind of image. Send it as a JPEG, PNG or WebP file, or as a photo.",
