@@ -46,7 +46,7 @@ class StartupError(Exception):
 
 
 def new_bundle_hint() -> str:
-    return "for example run `python -m classifier new-bundle --classes ../shared/data/flowers5 --out models/demo` and set MODEL_PATH=models/demo"
+    return "for example run `python -m classifier new-bundle --classes oxford102 --out data/models/demo` and set MODEL_PATH=data/models/demo"
 
 
 def check_model_path(settings: Settings) -> None:

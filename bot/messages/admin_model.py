@@ -83,7 +83,7 @@ MESSAGES: dict[str, dict[str, str]] = {
         "zh": "⚠️ 候选模型 {version} 通过了检验，但切换失败：{error}。继续使用 {previous}。",
     },
     "admin_model.result.split": {
-        "en": "{split}: candidate {candidate} vs serving {serving} ({samples} photos)",
+        "en": "{split}: candidate {candidate} vs serving {serving} (photos: {samples})",
         "zh": "{split}：候选 {candidate}，当前 {serving}（{samples} 张照片）",
     },
     "admin_model.result.holdout_empty": {
