@@ -121,6 +121,23 @@ def uptime() -> str:
         return f"load average: {load[0]:.2f}, {load[1]:.2f}, {load[2]:.2f}"
 
 
+def busy_cpu_seconds() -> float:
+    """Return the CPU seconds all processes have spent busy since boot (/proc/stat), or 0.0 without /proc."""
+    try:
+        fields = [int(value) for value in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    except (OSError, ValueError, IndexError):
+        return 0.0
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    # guest and guest_nice (fields 8 and 9) are already counted in user and nice.
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu_seconds() -> float:
+    """Return the CPU seconds of this process and of its children that have been waited for."""
+    times = os.times()
+    return times.user + times.system + times.children_user + times.children_system
+
+
 def wait_for_quiet(threshold: float = QUIET_LOAD, max_wait_s: float = 25 * 60, poll_s: float = 60) -> bool:
     """Wait until the 1-minute load average is below `threshold`; return False when `max_wait_s` passed first."""
     deadline = time.monotonic() + max_wait_s
@@ -172,6 +189,31 @@ def random_bundle() -> tuple[Path, str]:
     if not (out / "bundle.json").is_file():
         new_random_bundle(LabelSet.from_path(DEFAULT_DATA_DIR), out, seed=RANDOM_BUNDLE_SEED)
     return out, f"{_display_path(out)} (random-init weights, seed {RANDOM_BUNDLE_SEED}, version {_bundle_version(out)})"
+
+
+# Layer scale of every block in the "active blocks" bundle. A random-init ConvNeXt starts its layer
+# scales at 1e-6, so its blocks barely change the residual stream and their rounding is hardly tested.
+ACTIVE_LAYER_SCALE = 0.5
+
+
+def active_random_bundle() -> tuple[Path, str]:
+    """Return the random-init bundle with every layer scale set to 0.5, made once under build/benchmarks."""
+    import torch
+
+    from classifier.bundle import Bundle, new_version_id
+
+    source, _ = random_bundle()
+    out = WORK_DIR / "flowers5-random-active"
+    if not (out / "bundle.json").is_file():
+        bundle = Bundle.load(source).copy()
+        state = {key: value.clone() for key, value in bundle.state_dict().items()}
+        for key in state:
+            if key.endswith("layer_scale"):
+                state[key] = torch.full_like(state[key], ACTIVE_LAYER_SCALE)
+        bundle.set_state_dict(state)
+        bundle.version = new_version_id()
+        bundle.save(out)
+    return out, f"{_display_path(out)} (random-init weights, seed {RANDOM_BUNDLE_SEED}, every layer scale set to {ACTIVE_LAYER_SCALE})"
 
 
 def describe_bundle(directory: Path) -> str:
@@ -230,7 +272,7 @@ def onnx_int8_path(bundle_dir: Path) -> Path:
 
     bundle = Bundle.load(bundle_dir)
     source = bundle.export_path("onnx")
-    target = WORK_DIR / f"{bundle.version}.int8.onnx"
+    target = WORK_DIR / f"{bundle_dir.name}-{bundle.version}.int8.onnx"
     if not target.is_file() or target.stat().st_mtime < source.stat().st_mtime:
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -311,23 +353,32 @@ class Report:
     data: dict[str, Any] = field(default_factory=dict)
     uptime_before: str = ""
     uptime_after: str = ""
+    # CPUs that other processes kept busy on average during the run (busy CPU time minus this process's, over wall time).
+    others_cpus: float = 0.0
+    _busy_start: float = 0.0
+    _own_start: float = 0.0
+    _wall_start: float = 0.0
     started: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.timezone.utc))
 
     def begin(self) -> None:
         self.uptime_before = uptime()
         self.started = dt.datetime.now(dt.timezone.utc)
+        self._busy_start, self._own_start, self._wall_start = busy_cpu_seconds(), own_cpu_seconds(), time.monotonic()
         logger.info("%s: started (%s)", self.name, self.uptime_before)
 
     def end(self) -> None:
         self.uptime_after = uptime()
-        logger.info("%s: finished (%s)", self.name, self.uptime_after)
+        wall = time.monotonic() - self._wall_start
+        others = (busy_cpu_seconds() - self._busy_start) - (own_cpu_seconds() - self._own_start)
+        self.others_cpus = max(0.0, others / wall) if wall > 0 else 0.0
+        logger.info("%s: finished (%s); other processes used %.2f CPUs on average", self.name, self.uptime_after, self.others_cpus)
 
     def add(self, text: str) -> None:
         self.body.append(text.strip())
 
     def markdown(self) -> str:
         info = machine()
-        loaded = _load_from_uptime(self.uptime_before) >= QUIET_LOAD or _load_from_uptime(self.uptime_after) >= QUIET_LOAD
+        loaded = _load_from_uptime(self.uptime_before) >= QUIET_LOAD or self.others_cpus >= 0.25
         lines = [
             f"## {self.title}",
             "",
@@ -336,13 +387,15 @@ class Report:
             f"Command: `{command_line()}`",
             "",
             f"Load before: `{self.uptime_before}`  ",
-            f"Load after: `{self.uptime_after}`",
+            f"Load after: `{self.uptime_after}` (the after value includes this benchmark's own threads)  ",
+            f"Other processes kept {self.others_cpus:.2f} of the {os.cpu_count()} CPUs busy on average during the run "
+            "(busy time in /proc/stat minus this process's).",
         ]
         if loaded:
             lines += [
                 "",
-                "NOTE: other processes shared the 2 CPUs during this run (1-minute load average at or above "
-                f"{QUIET_LOAD}), so absolute times are inflated. Ratios within the table are more reliable than the times.",
+                "NOTE: other processes shared the CPUs during this run, so absolute times are inflated. "
+                "Best-of-N times and ratios within the table are more reliable than medians.",
             ]
         lines += ["", *("\n\n".join(self.body).splitlines()), ""]
         return "\n".join(lines)
@@ -363,6 +416,7 @@ class Report:
             "machine": machine(),
             "uptime_before": self.uptime_before,
             "uptime_after": self.uptime_after,
+            "others_cpus": self.others_cpus,
             **self.data,
         }
         (RESULTS_DIR / f"{self.name}.json").write_text(json.dumps(document, indent=2, default=_json_default) + "\n")

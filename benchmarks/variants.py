@@ -41,32 +41,6 @@ def backend_variant(bundle: Bundle, name: str, kind: str, precision: str, dtype:
     return Variant(name, dtype, backend.logits, note, time.perf_counter() - started)
 
 
-def jit_variant(bundle: Bundle, name: str, *, bf16: bool) -> Variant:
-    """An experiment: the whole model traced with torch.jit, frozen, and fused by oneDNN Graph.
-
-    `torch.jit.enable_onednn_fusion` is process-wide, so every jit variant in a run is fused.
-    """
-    import torch
-
-    started = time.perf_counter()
-    torch.jit.enable_onednn_fusion(True)
-    dtype = torch.bfloat16 if bf16 else torch.float32
-    model = bundle.build_torch_model().eval().to(memory_format=torch.channels_last).to(dtype)
-    example = torch.zeros(2, 3, 224, 224, dtype=dtype).contiguous(memory_format=torch.channels_last)
-    with torch.no_grad():
-        model = torch.jit.freeze(torch.jit.trace(model, example))
-        # The profiling executor specializes and fuses after a few calls of each shape.
-        for size in (1, 1, 1, 2, 2, 2):
-            model(example[:size])
-
-    def run(batch: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            inputs = torch.from_numpy(batch).to(dtype).contiguous(memory_format=torch.channels_last)
-            return model(inputs).float().numpy()
-
-    return Variant(name, "bf16" if bf16 else "fp32", run, setup_s=time.perf_counter() - started)
-
-
 def onnx_file_variant(path: Path, name: str, dtype: str, note: str = "") -> Variant:
     """An ONNX Runtime session over any .onnx file, with the product backend's session options."""
     import onnxruntime
@@ -103,17 +77,20 @@ def torchscript_file_variant(path: Path, name: str, dtype: str, note: str = "") 
 def build_variants(bundle: Bundle, onnx_bundle: Bundle | None, names: list[str], onnx_int8: Path | None) -> list[Variant]:
     """Build the variants in `names` (see `VARIANT_NAMES`), skipping those whose files are missing."""
     torch_options = {
-        "torch-fp32": ("fp32", "fp32", "eager", {"compile": "off"}),
-        "torch-fp32-compiled": ("fp32", "fp32", "torch.compile (inductor, freezing)", {"compile": "on"}),
-        "torch-bf16-autocast": ("bf16", "bf16", "eager, autocast", {"low_precision_mode": "autocast", "compile": "off"}),
-        "torch-bf16-precast": ("bf16", "bf16", "eager, autocast over bf16 conv/linear weights",
-                               {"low_precision_mode": "precast", "compile": "off"}),
-        "torch-bf16-pure": ("bf16", "bf16", "eager, whole backbone in bf16", {"low_precision_mode": "pure", "compile": "off"}),
-        "torch-bf16-compiled": ("bf16", "bf16", "precast, torch.compile (inductor, freezing)",
-                                {"low_precision_mode": "precast", "compile": "on"}),
-        "torch-bf16-pure-compiled": ("bf16", "bf16", "pure bf16, torch.compile (inductor, freezing)",
-                                     {"low_precision_mode": "pure", "compile": "on"}),
-        "torch-auto": ("auto", "bf16", "the product default: PRECISION=auto", {}),
+        "torch-fp32": ("fp32", "fp32", "eager", {"optimize": "off"}),
+        "torch-fp32-jit": ("fp32", "fp32", "torch.jit trace + freeze, oneDNN Graph fusion", {"optimize": "jit"}),
+        "torch-fp32-inductor": ("fp32", "fp32", "torch.compile (inductor, freezing)", {"optimize": "inductor"}),
+        "torch-bf16-autocast": ("bf16", "bf16", "autocast, eager", {"low_precision_mode": "autocast", "optimize": "off"}),
+        "torch-bf16-precast": ("bf16", "bf16", "autocast over bf16 conv/linear weights, eager",
+                               {"low_precision_mode": "precast", "optimize": "off"}),
+        "torch-bf16-pure": ("bf16", "bf16", "whole backbone bf16, eager", {"low_precision_mode": "pure", "optimize": "off"}),
+        "torch-bf16-mixed": ("bf16", "bf16", "bf16 blocks, fp32 stem and downsampling, eager",
+                             {"low_precision_mode": "mixed", "optimize": "off"}),
+        "torch-bf16-precast-jit": ("bf16", "bf16", "precast, torch.jit + oneDNN Graph", {"low_precision_mode": "precast", "optimize": "jit"}),
+        "torch-bf16-pure-jit": ("bf16", "bf16", "whole backbone bf16, torch.jit + oneDNN Graph", {"low_precision_mode": "pure", "optimize": "jit"}),
+        "torch-bf16-mixed-inductor": ("bf16", "bf16", "mixed, torch.compile (inductor, freezing)",
+                                      {"low_precision_mode": "mixed", "optimize": "inductor"}),
+        "torch-auto": ("auto", "bf16", "the default, PRECISION=auto: mixed, torch.jit + oneDNN Graph", {}),
     }
     variants = []
     for name in names:
@@ -122,10 +99,6 @@ def build_variants(bundle: Bundle, onnx_bundle: Bundle | None, names: list[str],
             precision, dtype, note, options = torch_options[name]
             variant = backend_variant(bundle, name, "torch", precision, dtype, note, **options)
             variants.append(variant)
-        elif name == "torch-fp32-jit":
-            variants.append(_noted(jit_variant(bundle, name, bf16=False), "torch.jit.trace + freeze, oneDNN Graph fusion"))
-        elif name == "torch-bf16-jit":
-            variants.append(_noted(jit_variant(bundle, name, bf16=True), "whole model bf16, torch.jit.trace + freeze, oneDNN Graph fusion"))
         elif name == "onnx-fp32":
             if onnx_bundle is not None:
                 variants.append(backend_variant(onnx_bundle, name, "onnx", "fp32", "fp32", "ONNX Runtime, ORT_ENABLE_ALL"))
@@ -141,22 +114,18 @@ def build_variants(bundle: Bundle, onnx_bundle: Bundle | None, names: list[str],
     return variants
 
 
-def _noted(variant: Variant, note: str) -> Variant:
-    variant.note = note
-    return variant
-
-
 VARIANT_NAMES = (
     "torch-fp32",
-    "torch-fp32-compiled",
+    "torch-fp32-jit",
+    "torch-fp32-inductor",
     "torch-bf16-autocast",
     "torch-bf16-precast",
     "torch-bf16-pure",
-    "torch-bf16-compiled",
-    "torch-bf16-pure-compiled",
+    "torch-bf16-mixed",
+    "torch-bf16-precast-jit",
+    "torch-bf16-pure-jit",
+    "torch-bf16-mixed-inductor",
     "torch-auto",
-    "torch-fp32-jit",
-    "torch-bf16-jit",
     "onnx-fp32",
     "onnx-int8",
     "torchscript-int8",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -32,7 +33,10 @@ from bot.keyboards import (
     forget_markup,
     matches_markup,
     recorded_markup,
+    register_answer_rows,
 )
+from bot.handlers import reference
+from bot.handlers.reference import REFERENCE_ACTIONS
 from classifier.labels import LabelSet
 
 KEY = signing_key(None, SecretStr("123456:test-token"))
@@ -56,13 +60,22 @@ def test_every_callback_fits_64_bytes(action: Action, subject: int, argument: in
     assert decoded.argument == argument
 
 
+@pytest.fixture(autouse=True)
+def reference_rows() -> None:
+    """Register the reference and species-card rows, as the bot's application does at start."""
+    register_answer_rows(reference.answer_rows)
+
+
 class _Settings(SimpleNamespace):
     pass
 
 
 def _bot_context(labels: LabelSet) -> SimpleNamespace:
     settings = _Settings(callback_secret=None, telegram_bot_token=SecretStr("123456:test-token"))
-    return SimpleNamespace(settings=settings, service=SimpleNamespace(labels=labels), extras={})
+    # A bundle with a reference photo, so the reference and species-card rows that feature
+    # modules add to every answer are built and checked too.
+    bundle = SimpleNamespace(path=Path("bundle"), references={"0": ["references/0.jpg"]})
+    return SimpleNamespace(settings=settings, service=SimpleNamespace(labels=labels, bundle=bundle), extras={})
 
 
 def _all_callback_data(markup) -> list[str]:
@@ -105,7 +118,7 @@ def test_keyboards_fit_64_bytes_at_max_ids() -> None:
             binding = "" if action in FORGET_ACTIONS else prediction_binding(prediction)
             assert decode(KEY, data, binding=binding).action is action
             seen_actions.add(action)
-    assert seen_actions == FEEDBACK_ACTIONS | FORGET_ACTIONS
+    assert seen_actions == FEEDBACK_ACTIONS | FORGET_ACTIONS | REFERENCE_ACTIONS
 
 
 def test_answer_markup_lists_each_species_once() -> None:
@@ -123,7 +136,8 @@ def test_answer_markup_lists_each_species_once() -> None:
     )
     markup = answer_markup(bot_context, prediction, "zh")
     texts = [button.text for row in markup.inline_keyboard for button in row]
-    assert texts == ["✓ 向日葵", "✓ 雏菊", "✓ 郁金香", "都不是", "不是花"]
+    assert texts[:5] == ["✓ 向日葵", "✓ 雏菊", "✓ 郁金香", "都不是", "不是花"]
+    assert texts[5:] == ["📷 参考照片", "📖 关于向日葵"]
     picks = [decode(KEY, data, binding="1001:5") for data in _all_callback_data(markup)[:3]]
     assert [pick.argument for pick in picks] == [3, 0, 4]
     assert all(pick.subject == 7 for pick in picks)

@@ -4,7 +4,9 @@
   and keeps doing so when photos in the same burst fail to decode.
 - A full batch runs without waiting for `max_wait_s`.
 - The bf16 modes of the torch backend: `precast` computes what plain autocast
-  computes, the head stays fp32, and `auto` picks `precast` on a bf16 CPU.
+  computes, `mixed` keeps the stem, downsampling layers and head fp32, every
+  mode and graph optimization stays close to fp32, and `auto` picks `mixed`
+  with a traced graph on a bf16 CPU.
 - A /start sent during a burst of photos is answered while the burst is still
   held in inference.
 
@@ -177,8 +179,8 @@ def random_batch(size: int) -> np.ndarray:
 
 def test_precast_equals_autocast(flowers5_bundle: Bundle):
     batch = random_batch(3)
-    autocast = TorchBackend(flowers5_bundle, device="cpu", precision="bf16", low_precision_mode="autocast")
-    precast = TorchBackend(flowers5_bundle, device="cpu", precision="bf16", low_precision_mode="precast")
+    autocast = TorchBackend(flowers5_bundle, device="cpu", precision="bf16", low_precision_mode="autocast", optimize="off")
+    precast = TorchBackend(flowers5_bundle, device="cpu", precision="bf16", low_precision_mode="precast", optimize="off")
 
     expected = autocast.logits(batch)
     logits = precast.logits(batch)
@@ -193,33 +195,82 @@ def test_precast_equals_autocast(flowers5_bundle: Bundle):
     assert layer_norm.weight.dtype == torch.float32, "backbone LayerNorms must stay fp32"
 
 
-def test_low_precision_modes_close_to_fp32(flowers5_bundle: Bundle, shared_backend):
-    batch = random_batch(2)
+def test_mixed_keeps_stem_and_downsampling_fp32(flowers5_bundle: Bundle):
+    backend = TorchBackend(flowers5_bundle, device="cpu", precision="bf16", low_precision_mode="mixed", optimize="off")
+
+    features = backend.model.features
+    for index in (0, 2, 4, 6):
+        dtypes = {parameter.dtype for parameter in features[index].parameters()}
+        assert dtypes == {torch.float32}, f"layer {index} (stem or downsampling) has {dtypes}"
+    for index in (1, 3, 5, 7):
+        dtypes = {parameter.dtype for parameter in features[index].parameters()}
+        assert dtypes == {torch.bfloat16}, f"stage {index} has {dtypes}"
+    assert {parameter.dtype for parameter in backend.model.classifier.parameters()} == {torch.float32}
+
+
+@pytest.mark.parametrize(
+    ("mode", "optimize"),
+    [("mixed", "off"), ("mixed", "jit"), ("precast", "off"), ("precast", "jit"), ("autocast", "jit"), ("pure", "off"), ("pure", "jit")],
+)
+def test_low_precision_modes_close_to_fp32(flowers5_bundle: Bundle, shared_backend, mode: str, optimize: str):
+    batch = random_batch(3)
     reference = shared_backend.logits(batch)
     scale = np.abs(reference).max()
 
-    for mode in ("precast", "autocast", "pure"):
-        backend = TorchBackend(flowers5_bundle, device="cpu", precision="bf16", low_precision_mode=mode)
-        logits = backend.logits(batch)
-        single = backend.logits(batch[:1])
-        backend.close()
+    backend = TorchBackend(flowers5_bundle, device="cpu", precision="bf16", low_precision_mode=mode, optimize=optimize)
+    backend.warmup()
+    logits = backend.logits(batch)
+    single = backend.logits(batch[:1])
+    backend.close()
 
-        assert logits.dtype == np.float32
-        assert logits.shape == reference.shape
-        assert np.abs(logits - reference).max() < 0.05 * scale, f"{mode}: {np.abs(logits - reference).max()}"
-        assert np.allclose(single[0], logits[0], atol=0.05 * scale), f"{mode}: batch size changed the result"
+    assert backend.optimize == optimize, "tracing failed and the backend fell back to eager"
+    assert logits.dtype == np.float32
+    assert logits.shape == reference.shape
+    assert np.abs(logits - reference).max() < 0.05 * scale, np.abs(logits - reference).max()
+    assert np.allclose(single[0], logits[0], atol=0.05 * scale), "batch size changed the result"
 
 
-def test_auto_precision_picks_precast_on_bf16_cpu(flowers5_bundle: Bundle):
+def test_auto_is_mixed_jit_on_bf16_cpu(flowers5_bundle: Bundle):
     backend = load_backend(flowers5_bundle, "torch", "cpu", "auto")
 
     if cpu_has_bf16():
         assert backend.precision == "bf16"
-        assert backend.low_precision_mode == "precast"
+        assert backend.low_precision_mode == "mixed"
+        assert backend.optimize == "jit"
     else:
         assert backend.precision == "fp32"
         assert backend.low_precision_mode == "fp32"
+        assert backend.optimize == "off"
     backend.close()
+
+
+class UntraceableFeatures(torch.nn.Module):
+    """Pooled features that raise while torch.jit traces them, as an unsupported operator would."""
+
+    def __init__(self, model) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images):
+        if torch.jit.is_tracing():
+            raise RuntimeError("this graph cannot be traced")
+        return self.model.forward_features(images)
+
+
+def test_failed_trace_falls_back_to_eager(flowers5_bundle: Bundle, shared_backend, caplog):
+    batch = random_batch(2)
+    backend = TorchBackend(flowers5_bundle, device="cpu", precision="bf16", low_precision_mode="pure", optimize="off")
+    backend._eager_features = backend._features = UntraceableFeatures(backend.model)
+    backend.optimize = "jit"
+
+    with caplog.at_level("WARNING", logger="classifier.backends.torch_backend"):
+        backend._optimize()
+    logits = backend.logits(batch)
+
+    assert backend.optimize == "off"
+    assert "jit optimization failed" in caplog.text
+    assert "this graph cannot be traced" in caplog.text
+    assert np.abs(logits - shared_backend.logits(batch)).max() < 0.05 * np.abs(logits).max()
 
 
 def test_fp32_ignores_low_precision_mode(flowers5_bundle: Bundle, shared_backend):
@@ -228,12 +279,15 @@ def test_fp32_ignores_low_precision_mode(flowers5_bundle: Bundle, shared_backend
     backend = TorchBackend(flowers5_bundle, device="cpu", precision="fp32", low_precision_mode="pure")
 
     assert backend.low_precision_mode == "fp32"
+    assert backend.optimize == "off"
     assert np.allclose(backend.logits(batch), shared_backend.logits(batch), atol=1e-5)
 
 
-def test_unknown_low_precision_mode(flowers5_bundle: Bundle):
+def test_unknown_modes_are_rejected(flowers5_bundle: Bundle):
     with pytest.raises(ValueError, match="unknown low_precision_mode 'int4'"):
         TorchBackend(flowers5_bundle, device="cpu", precision="bf16", low_precision_mode="int4")
+    with pytest.raises(ValueError, match="unknown optimize mode 'tensorrt'"):
+        TorchBackend(flowers5_bundle, device="cpu", precision="bf16", optimize="tensorrt")
 
 
 async def test_start_answered_during_held_burst(flowerbot, photos: list[bytes]):

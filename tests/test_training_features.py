@@ -83,11 +83,11 @@ def test_fingerprint_changes_with_views_and_weights(tmp_path):
 
 
 def test_extracted_features_match_a_direct_forward(tmp_path):
-    data = make_image_folder(tmp_path / "data", {"a": 2}, val_count=1)
+    data = make_image_folder(tmp_path / "data", {"a": 2, "b": 1}, val_count=1)
     splits = load_splits(DataSpec(source=str(data)))
     recipe = Recipe(**TINY)
     torch.manual_seed(0)
-    model = build_model(1)
+    model = build_model(2)
     model.freeze_backbone()
     views = SeededViews(splits.train, train_preset(recipe), seed=4)
     keys = [(0, 0), (1, 1), (1, 0)]

@@ -37,7 +37,7 @@ def load_backend(
     *,
     num_threads: int | None = None,
     low_precision_mode: str = "auto",
-    compile: str = "auto",
+    optimize: str = "auto",
 ) -> InferenceBackend:
     """Load `bundle` into the backend `kind` (`torch` or `onnx`).
 
@@ -45,8 +45,8 @@ def load_backend(
     `cuda`; `auto`, `fp32`, `bf16`, `fp16`). The ONNX backend runs fp32 on
     the CPU and rejects any other request. `num_threads` defaults to the CPUs
     the process may use. `low_precision_mode` picks how the torch backend runs
-    bf16 and fp16 (`auto`, `precast`, `autocast`, `pure`), and `compile`
-    whether it goes through torch.compile (`auto`, `on`, `off`); see `TorchBackend`.
+    bf16 and fp16 (`auto`, `mixed`, `precast`, `autocast`, `pure`), and
+    `optimize` how its graph runs (`auto`, `off`, `jit`, `inductor`); see `TorchBackend`.
     """
     if kind == "torch":
         from classifier.backends.torch_backend import TorchBackend
@@ -57,7 +57,7 @@ def load_backend(
             precision=precision,
             num_threads=num_threads,
             low_precision_mode=low_precision_mode,
-            compile=compile,
+            optimize=optimize,
         )
     if kind == "onnx":
         from classifier.backends.onnx_backend import OnnxBackend
