@@ -42,7 +42,7 @@ def backend_variant(bundle: Bundle, name: str, kind: str, precision: str, dtype:
 
 
 def onnx_file_variant(path: Path, name: str, dtype: str, note: str = "") -> Variant:
-    """An ONNX Runtime session over any .onnx file, with the product backend's session options."""
+    """Open an ONNX Runtime session over any .onnx file with the product backend's session options."""
     import onnxruntime
 
     started = time.perf_counter()

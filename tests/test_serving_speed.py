@@ -3,10 +3,11 @@
 - Micro-batching coalesces concurrent requests, gives each caller its own row,
   and keeps doing so when photos in the same burst fail to decode.
 - A full batch runs without waiting for `max_wait_s`.
-- The bf16 modes of the torch backend: `precast` computes what plain autocast
-  computes, `mixed` keeps the stem, downsampling layers and head fp32, every
-  mode and graph optimization stays close to fp32, and `auto` picks `mixed`
-  with a traced graph on a bf16 CPU.
+- The bf16 modes of the torch backend. `precast` computes what plain autocast
+  computes, and `mixed` keeps the stem, downsampling layers and head fp32.
+  Every mode and graph optimization stays close to fp32, and `auto` picks
+  `mixed` with a traced graph on a bf16 CPU. A traced batch is split into
+  warmed sizes without mixing rows, and a failed trace falls back to eager.
 - A /start sent during a burst of photos is answered while the burst is still
   held in inference.
 
@@ -25,8 +26,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from classifier.backends import load_backend  # noqa: E402
-from classifier.backends.torch_backend import TorchBackend, cpu_has_bf16  # noqa: E402
+from classifier.backends import load_backend, torch_backend  # noqa: E402
+from classifier.backends.torch_backend import JIT_BATCH_SIZES, TorchBackend, cpu_has_bf16, jit_chunks  # noqa: E402
 from classifier.batching import MicroBatcher  # noqa: E402
 from classifier.bundle import Bundle  # noqa: E402
 from classifier.decode import ImageDecodeError, decode_image  # noqa: E402
@@ -244,6 +245,34 @@ def test_auto_is_mixed_jit_on_bf16_cpu(flowers5_bundle: Bundle):
     backend.close()
 
 
+@pytest.mark.parametrize(
+    ("count", "sizes"),
+    [(0, []), (1, [1]), (3, [2, 1]), (7, [4, 2, 1]), (8, [8]), (13, [8, 4, 1]), (16, [8, 8]), (19, [8, 8, 2, 1])],
+)
+def test_jit_chunks_cover_batch(count: int, sizes: list[int]):
+    chunks = jit_chunks(count)
+
+    assert [size for _, size in chunks] == sizes
+    assert [start for start, _ in chunks] == [sum(sizes[:index]) for index in range(len(sizes))]
+    assert all(size in JIT_BATCH_SIZES for size in sizes)
+
+
+def test_jit_batch_rows_match_single_images(flowers5_bundle: Bundle, shared_backend):
+    batch = random_batch(13)
+    backend = TorchBackend(flowers5_bundle, device="cpu", precision="bf16", optimize="jit")
+    backend.warmup()
+
+    together = backend.logits(batch)
+    alone = np.concatenate([backend.logits(batch[index : index + 1]) for index in range(len(batch))])
+    reference = shared_backend.logits(batch)
+
+    assert together.shape == (13, flowers5_bundle.num_classes)
+    assert np.allclose(together, alone, atol=2e-2), np.abs(together - alone).max()
+    top2 = np.sort(reference, axis=1)[:, -2:]
+    clear = top2[:, 1] - top2[:, 0] > 0.05  # rounding may flip near-ties only
+    assert np.array_equal(together.argmax(axis=1)[clear], reference.argmax(axis=1)[clear])
+
+
 class UntraceableFeatures(torch.nn.Module):
     """Pooled features that raise while torch.jit traces them, as an unsupported operator would."""
 
@@ -271,6 +300,18 @@ def test_failed_trace_falls_back_to_eager(flowers5_bundle: Bundle, shared_backen
     assert "jit optimization failed" in caplog.text
     assert "this graph cannot be traced" in caplog.text
     assert np.abs(logits - shared_backend.logits(batch)).max() < 0.05 * np.abs(logits).max()
+
+
+def test_auto_traces_fp32_without_bf16(flowers5_bundle: Bundle, shared_backend, monkeypatch):
+    monkeypatch.setattr(torch_backend, "cpu_has_bf16", lambda: False)
+    batch = random_batch(2)
+
+    backend = load_backend(flowers5_bundle, "torch", "cpu", "auto")
+    backend.warmup()
+
+    assert backend.precision == "fp32"
+    assert backend.optimize == "jit"
+    assert np.allclose(backend.logits(batch), shared_backend.logits(batch), atol=1e-3)
 
 
 def test_fp32_ignores_low_precision_mode(flowers5_bundle: Bundle, shared_backend):

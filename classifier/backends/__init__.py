@@ -45,8 +45,9 @@ def load_backend(
     `cuda`; `auto`, `fp32`, `bf16`, `fp16`). The ONNX backend runs fp32 on
     the CPU and rejects any other request. `num_threads` defaults to the CPUs
     the process may use. `low_precision_mode` picks how the torch backend runs
-    bf16 and fp16 (`auto`, `mixed`, `precast`, `autocast`, `pure`), and
-    `optimize` how its graph runs (`auto`, `off`, `jit`, `inductor`); see `TorchBackend`.
+    bf16 and fp16 (`auto`, `mixed`, `precast`, `autocast`, `pure`). `optimize`
+    picks how its graph runs (`auto`, `off`, `jit`, `inductor`). `TorchBackend`
+    describes both.
     """
     if kind == "torch":
         from classifier.backends.torch_backend import TorchBackend

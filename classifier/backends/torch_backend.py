@@ -30,16 +30,20 @@ logger = logging.getLogger(__name__)
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-# How a bf16 or fp16 backbone runs (see `TorchBackend`).
+# Execution modes of a bf16 or fp16 backbone (see `TorchBackend`).
 LOW_PRECISION_MODES = ("auto", "mixed", "precast", "autocast", "pure")
-# How the backbone's graph is optimized (see `TorchBackend`).
+# Graph optimizations of the backbone (see `TorchBackend`).
 OPTIMIZE_MODES = ("auto", "off", "jit", "inductor")
 # Errors of torch.compile that mean "this graph cannot be compiled here" (no C++
 # compiler, an unsupported operator). The backend then runs eagerly.
 _COMPILE_ERRORS = (torch._dynamo.exc.TorchDynamoException, torch._inductor.exc.InductorError)
-# Batch sizes the warm-up runs through an optimized graph, each a few times, because
-# TorchScript's profiling executor optimizes a shape on its second or third call.
-_WARMUP_BATCH_SIZES = (1, 1, 1, 2, 2, 2)
+# A traced graph runs only these batch sizes: a larger batch is split into them (13 = 8 + 4 + 1).
+# TorchScript's profiling executor and oneDNN Graph specialize on each new input shape, so the
+# first two calls of a new batch size ran 1.3 to 2.5 times slower per image than later calls. The
+# warm-up runs each of these sizes three times. Per image, batch 8 was the fastest measured (about
+# 10% under batch 1), and batch 16 was slower than 8.
+JIT_BATCH_SIZES = (8, 4, 2, 1)
+_JIT_WARMUP_CALLS = 3
 _BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 
 # torch.set_num_threads is process-wide, so it is set once, by the first backend.
@@ -118,9 +122,9 @@ class TorchBackend:
     - `mixed` (`auto` on the CPU): the 18 ConvNeXt blocks, about 96% of the
       FLOPs, hold bf16 weights and compute on bf16 activations. The stem and
       the three downsampling layers stay fp32 and cast their output to bf16.
-      Those fp32 layers moved the logits least per millisecond spent: on the
-      flowers5 val photos they turned a 0.990-0.995 top-1 agreement with fp32
-      into 1.000 at about 2% more time (docs/benchmarks.md).
+      On the flowers5 val photos, those fp32 layers turned the traced bf16
+      graph's top-1 agreement with fp32 from 0.990-0.995 into 1.000, at 2-4%
+      more time per image (docs/benchmarks.md).
     - `precast` (`auto` on CUDA): Conv2d and Linear weights are converted to
       the low-precision dtype once, at load, and the backbone runs under
       `torch.autocast`. LayerNorm weights, the layer scales and the residual
@@ -137,14 +141,19 @@ class TorchBackend:
 
     `optimize` picks how the backbone's graph runs:
 
-    - `jit` (`auto` for bf16 on the CPU): traced with `torch.jit.trace`,
-      frozen, and fused by oneDNN Graph (bias, GELU, LayerNorm and the
-      residual adds join the matrix multiplications). On 2 AVX512-BF16 cores
-      this was the fastest configuration measured, about 20% faster than
-      eager bf16.
+    - `jit` (`auto` on the CPU for bf16, and for `precision="auto"` on a CPU
+      without bf16, where traced fp32 took 28% less time than eager fp32):
+      traced with `torch.jit.trace`, frozen, and fused by oneDNN Graph. The
+      GELUs, layer scales and residual adds join the convolutions and matrix
+      multiplications; the blocks' LayerNorms stay separate. On 2
+      AVX512-BF16 cores this was the fastest configuration measured, with
+      about 20% less time per image than eager bf16. Each batch size a traced
+      graph runs is specialized and cached (see `JIT_BATCH_SIZES`), which
+      costs memory: the bot's resident set grew from 1.0 GiB (fp32 eager) to
+      1.5 GiB.
     - `inductor`: `torch.compile` with freezing. It needs a C++ compiler,
       compiles in `warmup` (tens of seconds) and was no faster than eager here.
-    - `off` (`auto` otherwise): eager PyTorch.
+    - `off` (`auto` for an explicit fp32 and on CUDA): eager PyTorch.
 
     When tracing or compiling fails, the backend logs a warning and runs eagerly.
     """
@@ -167,7 +176,7 @@ class TorchBackend:
         self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
         self.low_precision_mode = _resolve_low_precision_mode(low_precision_mode, self.precision, self.device)
-        self.optimize = _resolve_optimize(optimize, self.precision, self.device)
+        self.optimize = _resolve_optimize(optimize, precision, self.precision, self.device)
         self.name = "torch"
         self.num_classes = bundle.num_classes
         self.version = bundle.version
@@ -237,7 +246,10 @@ class TorchBackend:
         with torch.inference_mode():
             inputs = torch.from_numpy(batch).to(self.device, non_blocking=True)
             inputs = inputs.to(self._input_dtype).contiguous(memory_format=self.memory_format)
-            features = self._run_features(inputs)
+            if self.optimize == "jit":
+                features = torch.cat([self._run_features(inputs[start : start + size]) for start, size in jit_chunks(len(inputs))])
+            else:
+                features = self._run_features(inputs)
             outputs = self.model.forward_head(features.float())
             return outputs.float().cpu().numpy()
 
@@ -269,12 +281,17 @@ class TorchBackend:
     def warmup(self, batch_size: int = 1, image_size: int = 224) -> None:
         """Run dummy batches so that the first real request does not pay for kernel selection.
 
-        An optimized graph is run at batch 1 and at a larger batch several
-        times, so that TorchScript specializes and fuses it, or inductor
-        compiles it (tens of seconds on 2 CPUs, less when inductor's on-disk
-        cache has the graphs).
+        A traced graph runs every size in `JIT_BATCH_SIZES` three times, so
+        that TorchScript specializes and fuses each (seconds). An inductor
+        graph is compiled for batch 1 and for batch 2 and up (tens of seconds
+        on 2 CPUs, less when inductor's on-disk cache has the graphs).
         """
-        sizes = (batch_size,) if self.optimize == "off" else tuple(max(size, batch_size) for size in _WARMUP_BATCH_SIZES)
+        if self.optimize == "jit":
+            sizes = tuple(size for size in sorted(JIT_BATCH_SIZES) for _ in range(_JIT_WARMUP_CALLS))
+        elif self.optimize == "inductor":
+            sizes = (1, max(2, batch_size))
+        else:
+            sizes = (batch_size,)
         started = time.perf_counter()
         for size in sizes:
             self.logits(np.zeros((size, 3, image_size, image_size), dtype=np.float32))
@@ -288,6 +305,17 @@ class TorchBackend:
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
         logger.info("torch backend for bundle %s closed", self.version)
+
+
+def jit_chunks(count: int) -> list[tuple[int, int]]:
+    """Split `count` images into (start, size) chunks with sizes from `JIT_BATCH_SIZES`, largest first."""
+    chunks = []
+    start = 0
+    while start < count:
+        size = next(size for size in JIT_BATCH_SIZES if size <= count - start)
+        chunks.append((start, size))
+        start += size
+    return chunks
 
 
 class PooledFeatures(torch.nn.Module):
@@ -334,9 +362,10 @@ def _resolve_low_precision_mode(mode: str, precision: str, device: torch.device)
     return mode
 
 
-def _resolve_optimize(optimize: str, precision: str, device: torch.device) -> str:
+def _resolve_optimize(optimize: str, requested_precision: str, precision: str, device: torch.device) -> str:
+    # An explicit fp32 stays eager, as the reference the other configurations are compared with.
     if optimize == "auto":
-        return "jit" if device.type == "cpu" and precision == "bf16" else "off"
+        return "jit" if device.type == "cpu" and (precision == "bf16" or requested_precision == "auto") else "off"
     return optimize
 
 
