@@ -39,9 +39,9 @@ from bot.answers import (
     download_image,
     format_answer,
     image_suffix,
+    prediction_columns,
     ranked_candidates,
     reply_too_big,
-    top_k_entries,
 )
 from bot.honesty import assess
 from bot.i18n import text
@@ -253,14 +253,10 @@ async def answer_album(
             file_unique_id=keyed_photo.image.file_unique_id,
             image_path=str(stored.path),
             image_sha256=stored.sha256,
-            model_version=prediction.model_version,
-            top_k=top_k_entries(prediction),
             k=k,
-            latency_ms=prediction.latency_ms,
-            ood_score=prediction.ood_score,
-            is_ood=prediction.is_ood,
             media_group_id=media_group_id,
             photo_count=prediction.photo_count,
+            **prediction_columns(prediction),
         )
         _metrics(bot_context).record_prediction(prediction.model_version, prediction.latency_ms / 1000.0)
         if row.reply_message_id is not None:

@@ -158,6 +158,17 @@ def top_k_entries(prediction: Prediction) -> list[dict[str, Any]]:
     ]
 
 
+def prediction_columns(prediction: Prediction) -> dict[str, Any]:
+    """Return the predictions-table columns that come from the classifier's result."""
+    return {
+        "model_version": prediction.model_version,
+        "top_k": top_k_entries(prediction),
+        "latency_ms": prediction.latency_ms,
+        "ood_score": prediction.ood_score,
+        "is_ood": prediction.is_ood,
+    }
+
+
 def image_suffix(data: bytes) -> str:
     """Return the file suffix for image bytes from their signature, `.img` when none matches."""
     for offset, signature, suffix in _SIGNATURES:
@@ -281,13 +292,9 @@ async def answer_image(
             file_unique_id=image.file_unique_id,
             image_path=str(stored.path),
             image_sha256=stored.sha256,
-            model_version=prediction.model_version,
-            top_k=top_k_entries(prediction),
             k=k,
-            latency_ms=prediction.latency_ms,
-            ood_score=prediction.ood_score,
-            is_ood=prediction.is_ood,
             media_group_id=message.media_group_id,
+            **prediction_columns(prediction),
         )
         _metrics(bot_context).record_prediction(prediction.model_version, prediction.latency_ms / 1000.0)
         if row.reply_message_id is not None:

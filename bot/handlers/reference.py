@@ -31,13 +31,14 @@ from telegram import (
     Update,
 )
 from telegram.constants import ChatAction, ParseMode
-from telegram.error import BadRequest, TelegramError
+from telegram.error import BadRequest
 from telegram.ext import Application, CallbackQueryHandler, ContextTypes
 
 from bot.answers import chat_action, species_name
 from bot.callbacks import Action, CallbackData, InvalidCallback, action_pattern, get_signer, prediction_binding
 from bot.callbacks import parse as parse_callback
 from bot.context import BotContext, get_bot_context
+from bot.handlers.feedback import answer_query
 from bot.handlers.language import user_language
 from bot.i18n import text
 from bot.keyboards import listed_indices, prediction_button, register_answer_rows
@@ -126,11 +127,7 @@ async def reference_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -
         nonlocal answered
         if not answered:
             answered = True
-            try:
-                await query.answer(text=text(notice_key, lang) if notice_key else None)
-            except TelegramError as error:
-                # Telegram rejects answers after about 15 s; the press itself was handled.
-                logger.warning("answering callback query %s failed: %s", query.id, error)
+            await answer_query(query, text(notice_key, lang) if notice_key else None)
 
     try:
         try:
