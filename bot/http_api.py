@@ -18,11 +18,12 @@ of `/predict`:
 
 | status | error | when |
 | --- | --- | --- |
-| 400 | `invalid_request` | `k` missing or out of range, no `file` field, malformed multipart |
+| 400 | `invalid_request` | `k` missing or out of range, no `file` field, malformed multipart, a gzip or deflate body that fails to decompress |
 | 400 | `empty` | the image has 0 bytes |
 | 401 | `unauthorized` | API_TOKEN is set and the bearer token is missing or wrong |
 | 413 | `payload_too_large` | the body is larger than MAX_REQUEST_BYTES |
 | 415 | `not_image`, `unsupported` | the bytes are not an image format the classifier decodes |
+| 415 | `unsupported_encoding` | a Content-Encoding other than gzip, deflate or identity |
 | 422 | `truncated`, `too_large` | a damaged image, or one over the pixel limit (MAX_IMAGE_PIXELS) or the aspect-ratio limit (20:1) |
 | 503 | `not_ready` | the classifier is closed (the bot is shutting down) |
 """
@@ -36,10 +37,11 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
-from aiohttp import BodyPartReader, web
+from aiohttp import web
 
 from bot import metrics as metrics_module
 from bot.metrics import Metrics
+from bot.request_body import PayloadTooLarge, RequestBodyError, read_image_body
 from classifier.decode import ImageDecodeError
 
 if TYPE_CHECKING:
@@ -66,9 +68,6 @@ READINESS_TIMEOUT_S = 5.0
 # queued behind a batch, before it cancels them.
 SHUTDOWN_TIMEOUT_S = 30.0
 
-MULTIPART_FIELD = "file"
-_READ_CHUNK_BYTES = 64 * 1024
-
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -86,10 +85,6 @@ RUNTIME_KEY = web.AppKey("runtime", object)
 METRICS_KEY = web.AppKey("metrics", Metrics)
 _MAX_BYTES_KEY = web.AppKey("max_request_bytes", int)
 METRICS_EXTRAS_KEY = "metrics"
-
-
-class PayloadTooLarge(Exception):
-    """The request body grew past MAX_REQUEST_BYTES while it was read."""
 
 
 def json_error(status: int, error: str, detail: str, *, headers: dict[str, str] | None = None) -> web.Response:
@@ -191,47 +186,6 @@ def _parse_k(request: web.Request, num_classes: int) -> int | web.Response:
     return k
 
 
-async def _read_limited(part: BodyPartReader, limit: int, already_read: int) -> bytes:
-    chunks: list[bytes] = []
-    total = already_read
-    while chunk := await part.read_chunk(_READ_CHUNK_BYTES):
-        total += len(chunk)
-        if total > limit:
-            raise PayloadTooLarge
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-async def _read_multipart_file(request: web.Request, limit: int) -> bytes | web.Response:
-    """Return the bytes of the multipart field `file`, reading at most `limit` bytes in all parts."""
-    try:
-        reader = await request.multipart()
-        read = 0
-        while (part := await reader.next()) is not None:
-            if not isinstance(part, BodyPartReader):
-                return json_error(400, "invalid_request", "nested multipart bodies are not supported; send one 'file' field")
-            if part.name == MULTIPART_FIELD:
-                return await _read_limited(part, limit, read)
-            # Other fields count against the limit too, then are dropped.
-            read += len(await _read_limited(part, limit, read))
-    except PayloadTooLarge:
-        raise
-    except (ValueError, AssertionError, RuntimeError) as error:
-        # aiohttp raises these for a missing boundary or a malformed part header.
-        logger.info("rejected a malformed multipart body: %s", error)
-        return json_error(400, "invalid_request", f"malformed multipart body: {error}")
-    return json_error(400, "invalid_request", f"the multipart body has no field named {MULTIPART_FIELD!r}; send the image in it")
-
-
-async def _read_image(request: web.Request, limit: int) -> bytes | web.Response:
-    if request.content_length is not None and request.content_length > limit:
-        raise PayloadTooLarge
-    if request.content_type.startswith("multipart/"):
-        return await _read_multipart_file(request, limit)
-    # Application(client_max_size=limit) makes read() raise 413 for a longer chunked body.
-    return await request.read()
-
-
 def _prediction_payload(prediction: Any, k: int) -> dict[str, Any]:
     candidates = []
     for rank, candidate in enumerate(prediction.top, start=1):
@@ -278,12 +232,13 @@ async def handle_predict(request: web.Request) -> web.Response:
 
     limit = request.app[_MAX_BYTES_KEY]
     try:
-        data = await _read_image(request, limit)
+        data = await read_image_body(request, limit)
     except PayloadTooLarge:
         metrics.record_error("http_payload_too_large")
         return json_error(413, "payload_too_large", f"the request body is larger than the limit of {limit} bytes (MAX_REQUEST_BYTES)")
-    if isinstance(data, web.Response):
-        return data
+    except RequestBodyError as error:
+        metrics.record_error(f"http_{error.code}")
+        return json_error(error.status, error.code, error.detail)
     if not data:
         return json_error(400, "empty", "the request body is empty; send the image as the body or as the multipart field 'file'")
 
@@ -400,7 +355,8 @@ async def start_http_server(runtime: ServingRuntime, *, metrics: Metrics | None 
     """
     settings = runtime.context.settings
     app = build_http_app(runtime, metrics=metrics)
-    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
+    # Request bodies are decompressed by `bot.request_body`, within MAX_REQUEST_BYTES.
+    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT_S, auto_decompress=False)
     await runner.setup()
     site = web.TCPSite(runner, settings.http_host, settings.http_port)
     try:

@@ -322,6 +322,21 @@ async def test_altered_prediction_id_changes_nothing(flowerbot: BotHarness) -> N
     assert await corrections(flowerbot, second) == []
 
 
+async def test_data_from_other_chat_changes_nothing(flowerbot: BotHarness) -> None:
+    in_private = Chat(flowerbot, ALICE)
+    in_group = Chat(flowerbot, ALICE, GROUP)
+    private_answer, private_prediction = await in_private.photo(23)
+    group_answer, group_prediction = await in_group.photo(24)
+    # Correctly signed data of the private answer, sent from under the group answer.
+    data = button(flowerbot, private_answer, private_prediction, Action.NOT_FLOWER)
+
+    assert await in_group.press(group_answer, data, require_button=False) == notice("feedback.notice.invalid_button")
+    assert await corrections(flowerbot, private_prediction) == []
+    assert await corrections(flowerbot, group_prediction) == []
+    assert message_text(in_group.current(group_answer)) == message_text(group_answer)
+    assert inline_buttons(in_group.current(group_answer)) == inline_buttons(group_answer)
+
+
 async def test_invalid_label_index_rejected(flowerbot: BotHarness) -> None:
     """Even correctly signed data is checked: a label index past the label set records nothing."""
     alice = Chat(flowerbot, ALICE)

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import gzip
 import hashlib
 import io
+import logging
 import threading
+import zlib
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,7 +92,9 @@ def shared_service(bundle_dir: Path) -> Iterator[ClassifierService]:
     The service is not tied to an event loop (each request carries its own), so the
     function-scoped loops of the tests can share it.
     """
-    service = ClassifierService.from_path(bundle_dir, backend_kind="torch", device="cpu", warmup=False)
+    # Warm-up compiles the traced graphs, so results do not depend on how many requests
+    # the module's earlier tests sent.
+    service = ClassifierService.from_path(bundle_dir, backend_kind="torch", device="cpu", warmup=True)
     yield service
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as executor:
         executor.submit(asyncio.run, service.close()).result(timeout=60)
@@ -363,6 +368,60 @@ async def test_predict_truncated_image(start_server: ServerFactory) -> None:
     async with server.client.post(f"{server.base_url}/predict?k=3", data=whole[: len(whole) // 2]) as response:
         assert response.status == 422
         assert_json_error(await response.json(), "truncated")
+
+
+async def test_predict_compressed_body(start_server: ServerFactory) -> None:
+    server = await start_server()
+    url = f"{server.base_url}/predict?k=3"
+    image = jpeg_bytes()
+    raw_deflate = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+    encoded = {
+        "gzip": gzip.compress(image),
+        "deflate": zlib.compress(image),
+        "raw deflate": raw_deflate.compress(image) + raw_deflate.flush(),
+    }
+
+    async with server.client.post(url, data=image) as response:
+        expected = await response.json()
+    for name, body in encoded.items():
+        coding = "gzip" if name == "gzip" else "deflate"
+        async with server.client.post(url, data=body, headers={"Content-Encoding": coding}) as response:
+            assert response.status == 200, name
+            payload = await response.json()
+        assert payload["image_sha256"] == expected["image_sha256"], name
+
+
+async def test_predict_bad_compressed_body(start_server: ServerFactory, caplog: pytest.LogCaptureFixture) -> None:
+    limit = 256 * 1024
+    server = await start_server(max_request_bytes=limit)
+    url = f"{server.base_url}/predict?k=3"
+    image = jpeg_bytes()
+    caplog.set_level(logging.INFO)
+
+    cases = [
+        ("not gzip", image, "gzip", 400, "invalid_request"),
+        ("truncated gzip", gzip.compress(image)[: len(image) // 3], "gzip", 400, "invalid_request"),
+        ("brotli", image, "br", 415, "unsupported_encoding"),
+        ("two codings", gzip.compress(gzip.compress(image)), "gzip, gzip", 415, "unsupported_encoding"),
+        ("bomb", gzip.compress(b"\0" * (limit * 40)), "gzip", 413, "payload_too_large"),
+    ]
+    for name, body, coding, status, error in cases:
+        assert len(body) < limit, name
+        async with server.client.post(url, data=body, headers={"Content-Encoding": coding}) as response:
+            assert response.status == status, name
+            assert_json_error(await response.json(), error)
+
+    form = aiohttp.FormData()
+    form.add_field("file", image, filename="x.jpg", content_type="image/jpeg")
+    async with server.client.post(url, data=form, headers={"Content-Encoding": "gzip"}) as response:
+        assert response.status == 415
+        assert_json_error(await response.json(), "unsupported_encoding")
+
+    # The same keep-alive client still gets answers after the rejected bodies.
+    async with server.client.post(url, data=image) as response:
+        assert response.status == 200
+    errors = [record for record in caplog.records if record.levelno >= logging.ERROR]
+    assert errors == []
 
 
 async def test_predict_token_auth(start_server: ServerFactory) -> None:

@@ -378,6 +378,19 @@ async def _handle_press(
         await answer("feedback.notice.only_sender")
         return
 
+    # Signed data copied onto a button in another chat would edit a message there.
+    message = query.message
+    if message is not None and message.chat.id != prediction.chat_id:
+        logger.warning(
+            "user %d sent the data of prediction %d (chat %d) from chat %d; rejected",
+            presser.id,
+            prediction.id,
+            prediction.chat_id,
+            message.chat.id,
+        )
+        await answer("feedback.notice.invalid_button")
+        return
+
     handler = _ACTION_HANDLERS.get(data.action)
     if handler is None:
         await answer("feedback.notice.invalid_button")
