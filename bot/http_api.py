@@ -10,7 +10,8 @@ Routes:
 - `GET /healthz`: liveness; 200 while the event loop serves requests.
 - `GET /readyz`: readiness; 200 when the model is loaded and `SELECT 1` succeeds on
   the database, else 503.
-- `GET /metrics`: Prometheus text format.
+- `GET /metrics`: Prometheus text format. Requires `Authorization: Bearer <METRICS_TOKEN>`
+  when METRICS_TOKEN is set.
 - `POST {WEBHOOK_PATH}`: Telegram updates, only when WEBHOOK_URL is set (`bot.webhook`).
 
 Every error response is JSON `{"error": <code>, "detail": <sentence>}`. Status codes
@@ -158,8 +159,11 @@ async def json_errors_middleware(request: web.Request, handler: Handler) -> web.
 # -- /predict ----------------------------------------------------------------
 
 
-def _check_bearer_token(request: web.Request, expected: str) -> web.Response | None:
-    """Return a 401 response unless the request carries `Authorization: Bearer <expected>`."""
+def _check_bearer_token(request: web.Request, expected: str, setting: str = "API_TOKEN") -> web.Response | None:
+    """Return a 401 response unless the request carries `Authorization: Bearer <expected>`.
+
+    `setting` names the environment variable that holds the token, for the error detail.
+    """
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
     # compare_digest takes time independent of where the strings differ.
@@ -168,7 +172,7 @@ def _check_bearer_token(request: web.Request, expected: str) -> web.Response | N
     return json_error(
         401,
         "unauthorized",
-        "missing or invalid bearer token; send the header 'Authorization: Bearer <API_TOKEN>'",
+        f"missing or invalid bearer token; send the header 'Authorization: Bearer <{setting}>'",
         headers={"WWW-Authenticate": 'Bearer realm="flowerbot"'},
     )
 
@@ -304,6 +308,13 @@ async def handle_readyz(request: web.Request) -> web.Response:
 async def handle_metrics(request: web.Request) -> web.Response:
     """Return every metric in the Prometheus text format."""
     metrics = _metrics(request)
+    token = _runtime(request).context.settings.metrics_token
+    if token is not None:
+        rejection = _check_bearer_token(request, token.get_secret_value(), "METRICS_TOKEN")
+        if rejection is not None:
+            logger.info("rejected a /metrics request without the METRICS_TOKEN bearer token from %s", request.remote)
+            metrics.record_error("http_unauthorized")
+            return rejection
     service = _runtime(request).context.service
     if service is not None:
         metrics.set_model_version(service.version)

@@ -13,6 +13,7 @@ import logging
 import os
 import shutil
 from collections.abc import Mapping
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -92,13 +93,33 @@ async def choose_serving_bundle(settings: Settings, repository: Repository) -> B
     return chosen
 
 
+def bundle_created_at(bundle: Bundle) -> datetime | None:
+    """Return the time stamp written into `bundle` when it was saved, as an aware UTC datetime.
+
+    Returns None, so the registry uses the time of registration, when the bundle has no
+    time stamp or an invalid one.
+    """
+    if not bundle.created_at:
+        return None
+    try:
+        created = datetime.fromisoformat(bundle.created_at)
+    except ValueError:
+        logger.warning("bundle %s has an invalid created_at %r; the registry records the time of registration", bundle.version, bundle.created_at)
+        return None
+    if created.tzinfo is None:
+        return created.replace(tzinfo=timezone.utc)
+    return created.astimezone(timezone.utc)
+
+
 async def register_serving_bundle(repository: Repository, bundle: Bundle) -> ModelVersion:
     """Register `bundle` when the registry lacks it and mark it serving, so the registry matches what serves."""
     if bundle.path is None:
         raise ValueError(f"bundle {bundle.version} has no directory; only a saved bundle can be registered")
     model = await repository.get_model(bundle.version)
     if model is None:
-        model = await repository.register_model(bundle.version, str(bundle.path), metrics=summarize_metrics(bundle.metrics))
+        model = await repository.register_model(
+            bundle.version, str(bundle.path), metrics=summarize_metrics(bundle.metrics), created_at=bundle_created_at(bundle)
+        )
     if model.status != "serving":
         model = await repository.set_serving(bundle.version)
     return model

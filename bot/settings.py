@@ -57,6 +57,9 @@ class Settings(BaseSettings):
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=8080, ge=0, le=65535)
     api_token: SecretStr | None = None
+    # When set, GET /metrics requires `Authorization: Bearer <METRICS_TOKEN>`, the
+    # header Prometheus sends for a scrape job with `authorization: {credentials: ...}`.
+    metrics_token: SecretStr | None = None
     max_request_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
 
     # Logging

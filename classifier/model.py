@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -185,6 +186,10 @@ def load_torchvision_state_dict(model: FlowerNet, state_dict: Mapping[str, torch
     return sorted(mapped)
 
 
+# Exceptions from torch.load on a damaged or truncated checkpoint, and from a failed download.
+_CHECKPOINT_READ_ERRORS = (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError)
+
+
 def imagenet_checkpoint_path() -> Path:
     """Return where torch hub caches the ImageNet ConvNeXt-Tiny checkpoint (`$TORCH_HOME/hub/checkpoints/`)."""
     return Path(torch.hub.get_dir()) / "checkpoints" / IMAGENET_CHECKPOINT_NAME
@@ -203,7 +208,10 @@ def imagenet_weights(path: str | os.PathLike | None = None) -> dict[str, torch.T
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"ImageNet checkpoint not found: {path}")
-        return torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except _CHECKPOINT_READ_ERRORS as error:
+            raise RuntimeError(f"could not read the ImageNet checkpoint {path} ({error}); the file is damaged or not a PyTorch checkpoint") from error
 
     weights = ConvNeXt_Tiny_Weights.IMAGENET1K_V1
     cached = imagenet_checkpoint_path()
@@ -211,7 +219,13 @@ def imagenet_weights(path: str | os.PathLike | None = None) -> dict[str, torch.T
         logger.info("downloading ImageNet ConvNeXt-Tiny weights from %s to %s", weights.url, cached)
     try:
         return weights.get_state_dict(progress=True)
-    except (OSError, RuntimeError) as error:
+    except _CHECKPOINT_READ_ERRORS as error:
+        if cached.is_file():
+            raise RuntimeError(
+                f"could not read the cached ImageNet ConvNeXt-Tiny weights at {cached} ({error}); the file is "
+                f"damaged, for example by an interrupted download. Delete it and run again to download "
+                f"{weights.url}, or place a good copy there"
+            ) from error
         raise RuntimeError(
             f"could not load the ImageNet ConvNeXt-Tiny weights ({error}). Without network access, "
             f"download {weights.url} elsewhere and place it at {cached} (the torch hub cache under "

@@ -491,6 +491,27 @@ async def test_metrics_change_after_prediction(start_server: ServerFactory, phot
     assert metric_value(after, "flowerbot_http_requests_total", {"endpoint": "/metrics", "status": "200"}) == 1
 
 
+async def test_metrics_token(start_server: ServerFactory) -> None:
+    metrics_token = "test-metrics-token-77aa"
+    server = await start_server(api_token=API_TOKEN, metrics_token=metrics_token)
+    url = f"{server.base_url}/metrics"
+
+    for headers in ({}, {"Authorization": f"Bearer {API_TOKEN}"}, {"Authorization": f"Bearer {metrics_token}x"}):
+        async with server.client.get(url, headers=headers) as response:
+            assert response.status == 401, headers
+            payload = await response.json()
+        assert_json_error(payload, "unauthorized")
+        assert "METRICS_TOKEN" in payload["detail"]
+
+    async with server.client.get(url, headers={"Authorization": f"Bearer {metrics_token}"}) as response:
+        assert response.status == 200
+        body = await response.text()
+    assert metric_value(body, "flowerbot_errors_total", {"kind": "http_unauthorized"}) == 3
+
+    async with server.client.get(f"{server.base_url}/healthz") as response:
+        assert response.status == 200
+
+
 async def test_healthz(start_server: ServerFactory) -> None:
     server = await start_server()
 

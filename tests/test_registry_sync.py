@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import AsyncIterator
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
 
 from bot.model_registry import choose_serving_bundle, register_serving_bundle
 from bot.settings import Settings
-from classifier.bundle import Bundle, new_random_bundle
+from classifier.bundle import MANIFEST_NAME, Bundle, new_random_bundle
 from classifier.labels import LabelSet
 from storage.db import create_engine, new_session_factory, upgrade_database_async
 from storage.repository import Repository
@@ -101,3 +103,42 @@ async def test_register_serving_bundle_matches_what_serves(repository: Repositor
     await register_serving_bundle(repository, first)
     models = {model.version: model.status for model in await repository.list_models()}
     assert models == {first.version: "serving", second.version: "retired"}
+
+
+@pytest.mark.parametrize(
+    ("stamp", "expected"),
+    [
+        ("2024-01-02T03:04:05+00:00", datetime(2024, 1, 2, 3, 4, 5, tzinfo=timezone.utc)),
+        ("2024-01-02T11:04:05+08:00", datetime(2024, 1, 2, 3, 4, 5, tzinfo=timezone.utc)),
+        ("2024-01-02T03:04:05", datetime(2024, 1, 2, 3, 4, 5, tzinfo=timezone.utc)),
+    ],
+)
+async def test_registry_keeps_bundle_creation_time(
+    repository: Repository, bundles: dict[str, Bundle], tmp_path: Path, stamp: str, expected: datetime
+) -> None:
+    copied = tmp_path / "old-bundle"
+    shutil.copytree(bundles["first"].path, copied)
+    manifest = json.loads((copied / MANIFEST_NAME).read_text(encoding="utf-8"))
+    manifest["created_at"] = stamp
+    (copied / MANIFEST_NAME).write_text(json.dumps(manifest), encoding="utf-8")
+
+    await choose_serving_bundle(settings_for(copied, tmp_path), repository)
+    serving = await repository.serving_model()
+    assert serving is not None
+    assert serving.created_at == expected
+    assert serving.promoted_at is not None
+    assert serving.promoted_at > expected
+
+
+async def test_registry_ignores_invalid_creation_time(repository: Repository, bundles: dict[str, Bundle], tmp_path: Path) -> None:
+    copied = tmp_path / "stampless-bundle"
+    shutil.copytree(bundles["first"].path, copied)
+    manifest = json.loads((copied / MANIFEST_NAME).read_text(encoding="utf-8"))
+    manifest["created_at"] = "last Tuesday"
+    (copied / MANIFEST_NAME).write_text(json.dumps(manifest), encoding="utf-8")
+    before = datetime.now(timezone.utc)
+
+    await choose_serving_bundle(settings_for(copied, tmp_path), repository)
+    serving = await repository.serving_model()
+    assert serving is not None
+    assert serving.created_at >= before

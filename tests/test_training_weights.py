@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import pytest
 import torch
 import torchvision
@@ -155,3 +157,24 @@ def test_unavailable_imagenet_weights_exit_with_one_line(tmp_path, monkeypatch, 
     assert len(records) == 1
     assert not records[0].exc_info
     assert "could not load the ImageNet ConvNeXt-Tiny weights" in records[0].getMessage()
+
+
+def test_damaged_imagenet_cache_exits_with_one_line(tmp_path, monkeypatch, caplog):
+    torch_home = tmp_path / "torch-home"
+    cached = torch_home / "hub" / "checkpoints" / "convnext_tiny-983f1562.pth"
+    cached.parent.mkdir(parents=True)
+    buffer = io.BytesIO()
+    torch.save({"features.0.0.weight": torch.zeros(2, 2)}, buffer)
+    # The first bytes of a real checkpoint, as an interrupted download leaves them.
+    cached.write_bytes(buffer.getvalue()[:300])
+    monkeypatch.setenv("TORCH_HOME", str(torch_home))
+    data = make_image_folder(tmp_path / "data", {"a": 1, "b": 1}, val_count=1)
+
+    assert main(train_args(data, "imagenet", tmp_path / "bundle")) == 2
+    records = error_records(caplog)
+    assert len(records) == 1
+    assert not records[0].exc_info
+    message = records[0].getMessage()
+    assert "could not read the cached ImageNet ConvNeXt-Tiny weights" in message
+    assert str(cached) in message
+    assert cached.is_file()

@@ -20,7 +20,8 @@ entry `training.train.train(..., progress=callback)` passes the same dicts to
   "val_top5": float, "epochs_run": int, "seconds": float}` after the bundle
   is written.
 - `{"event": "error", "message": text}` when the run fails (printed by the
-  command-line entry before it exits with status 1).
+  command-line entry before it exits with status 2 for invalid input, such as
+  a missing data folder or unreadable weights, and 1 for other failures).
 
 Floats are plain JSON numbers; NaN never appears.
 """

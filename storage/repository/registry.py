@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
@@ -26,6 +27,7 @@ class RegistryQueries(RepositoryBase):
         metrics: dict[str, Any] | None = None,
         status: str | None = None,
         parent_version: str | None = None,
+        created_at: datetime | None = None,
     ) -> ModelVersion:
         """Add a model version to the registry, or update a registered one, and return it.
 
@@ -33,6 +35,8 @@ class RegistryQueries(RepositoryBase):
         registered version gets the new ``path``, and ``metrics``,
         ``parent_version`` and ``status`` when they are given. A 'serving'
         status goes through the same promotion as :meth:`set_serving`.
+        ``created_at`` is when the model was made, such as the bundle's own
+        time stamp. When it is None, a new row takes the time of registration.
         """
         if status is not None and status not in MODEL_STATUSES:
             raise ValueError(f"model status must be one of {MODEL_STATUSES}, got {status!r}")
@@ -47,6 +51,8 @@ class RegistryQueries(RepositoryBase):
                     metrics=dict(metrics or {}),
                     parent_version=parent_version,
                 )
+                if created_at is not None:
+                    model.created_at = created_at
                 session.add(model)
                 logger.info("registered model %s at %s", version, path)
             else:
