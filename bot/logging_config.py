@@ -161,7 +161,7 @@ def configure_logging(
 def configure_logging_from_settings(settings: Any) -> logging.Handler:
     """Call `configure_logging` with LOG_LEVEL, LOG_JSON and every secret in `settings`."""
     secrets: list[str] = []
-    for name in ("telegram_bot_token", "api_token", "webhook_secret", "callback_secret"):
+    for name in ("telegram_bot_token", "api_token", "metrics_token", "webhook_secret", "callback_secret"):
         value = getattr(settings, name, None)
         if value is not None:
             secrets.append(value.get_secret_value() if hasattr(value, "get_secret_value") else str(value))

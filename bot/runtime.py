@@ -27,6 +27,7 @@ from bot.app import build_application
 from bot.commands import set_command_menus
 from bot.context import BotContext
 from bot.model_registry import choose_serving_bundle
+from bot.polling_errors import PollingErrorLog
 from bot.retrain import start_retrain_supervisor, stop_retrain_supervisor
 from bot.settings import Settings
 from classifier.bundle import BundleError
@@ -167,6 +168,7 @@ class BotRuntime:
                     timeout=POLL_TIMEOUT_S,
                     allowed_updates=Update.ALL_TYPES,
                     drop_pending_updates=False,
+                    error_callback=PollingErrorLog(),
                 )
         except BaseException as error:
             if not isinstance(error, StartupError):
