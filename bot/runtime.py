@@ -193,7 +193,7 @@ class BotRuntime:
                 backend_kind=settings.backend,
                 device=settings.device,
                 precision=settings.precision,
-                max_batch=settings.batch_max_size,
+                max_batch=settings.resolved_batch_max_size,
                 max_wait_s=settings.batch_max_wait_ms / 1000.0,
                 workers=settings.inference_workers,
                 max_pixels=settings.max_image_pixels,

@@ -12,6 +12,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 # A Bot API token as @BotFather issues it: the bot's numeric id, a colon, then the secret part.
 _TOKEN_FORMAT = re.compile(r"\d+:\S+")
+# Micro-batch size of the torch backend when BATCH_MAX_SIZE is unset.
+DEFAULT_TORCH_BATCH_MAX_SIZE = 16
 
 
 class Settings(BaseSettings):
@@ -39,7 +41,8 @@ class Settings(BaseSettings):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     backend: Literal["torch", "onnx"] = "torch"
     precision: Literal["auto", "fp32", "bf16"] = "auto"
-    batch_max_size: int = Field(default=16, ge=1, le=256)
+    # Unset means `resolved_batch_max_size`: the default measured best for BACKEND.
+    batch_max_size: int | None = Field(default=None, ge=1, le=256)
     batch_max_wait_ms: float = Field(default=5.0, ge=0.0, le=1000.0)
     inference_workers: int = Field(default=1, ge=1, le=16)
     max_image_pixels: int = Field(default=40_000_000, ge=1)
@@ -118,6 +121,18 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite+aiosqlite:///{(self.data_dir / 'flowerbot.db').resolve()}"
+
+    @property
+    def resolved_batch_max_size(self) -> int:
+        """Return BATCH_MAX_SIZE, or when it is unset 16 for BACKEND=torch and 1 for BACKEND=onnx.
+
+        On the CPU (the only device the ONNX backend uses), ONNX Runtime ran no faster
+        per image at batch 8 than at batch 1, so micro-batching only added its wait
+        there (benchmarks.throughput and benchmarks.latency in docs/benchmarks.md).
+        """
+        if self.batch_max_size is not None:
+            return self.batch_max_size
+        return 1 if self.backend == "onnx" else DEFAULT_TORCH_BATCH_MAX_SIZE
 
     @property
     def photos_dir(self) -> Path:

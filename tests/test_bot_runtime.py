@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from bot.i18n import text
+from bot.settings import Settings
 from tests.emulator import TelegramEmulator, group_chat, make_user
 from tests.fixtures.bot import BotHarness
 
@@ -296,3 +297,25 @@ async def test_python_m_bot_serves_until_sigterm(
     assert process.returncode == 0, stderr.decode()[-2000:]
     assert telegram_emulator.token.split(":", 1)[1] not in stderr.decode()
     assert "flowerbot stopped" in stderr.decode()
+
+
+@pytest.mark.parametrize(
+    ("environment", "expected"),
+    [
+        ({}, 16),
+        ({"BACKEND": "onnx"}, 1),
+        ({"BACKEND": "onnx", "BATCH_MAX_SIZE": "8"}, 8),
+        ({"BACKEND": "torch", "BATCH_MAX_SIZE": "4"}, 4),
+    ],
+)
+def test_batch_max_size_default_per_backend(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, environment: dict[str, str], expected: int
+) -> None:
+    monkeypatch.setenv("TELEGRAM_BOT_TOKEN", "123:secret-token-value-for-the-test")
+    monkeypatch.setenv("MODEL_PATH", str(tmp_path))
+    monkeypatch.delenv("BATCH_MAX_SIZE", raising=False)
+    monkeypatch.delenv("BACKEND", raising=False)
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert settings.resolved_batch_max_size == expected

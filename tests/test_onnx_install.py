@@ -163,3 +163,5 @@ async def test_bot_answers_photo_without_torch(onnx_bundle_dir: Path, flowers5_v
     species_lines = [line for line in lines if any(labels.display_name(index, "en") in line for index in range(len(labels.class_ids)))]
     assert len(species_lines) >= 3, reply["text"]
     assert "onnx" in log, "the bot log should name the onnx backend"
+    # Unset BATCH_MAX_SIZE means no micro-batching on ONNX Runtime, where it measured slower.
+    assert "max_batch 1," in log, log[-3000:]
