@@ -47,6 +47,7 @@ class Action(enum.StrEnum):
     # Feedback under an answer; the subject is the prediction id.
     PICK = "p"  # argument: label index recorded as the right species
     NOT_FLOWER = "x"  # argument: unused (0)
+    UNKNOWN_SPECIES = "u"  # a flower of none of the model's species; argument: unused (0)
     NONE_OF_THESE = "n"  # argument: page of further candidates
     TYPE_NAME = "t"  # argument: unused (0)
     CANCEL_TYPING = "q"  # argument: unused (0)
@@ -65,6 +66,7 @@ FEEDBACK_ACTIONS = frozenset(
     {
         Action.PICK,
         Action.NOT_FLOWER,
+        Action.UNKNOWN_SPECIES,
         Action.NONE_OF_THESE,
         Action.TYPE_NAME,
         Action.CANCEL_TYPING,

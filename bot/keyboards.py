@@ -46,6 +46,11 @@ def prediction_button(
     return InlineKeyboardButton(label, callback_data=data)
 
 
+def unknown_species_button(signer: CallbackSigner, prediction: Any, lang: str) -> InlineKeyboardButton:
+    """Return the "Not in this list" button, which records the flower as a species the model does not have."""
+    return prediction_button(signer, prediction, text("feedback.button.unknown_species", lang), Action.UNKNOWN_SPECIES)
+
+
 def short_percent(probability: float) -> str:
     """Format a probability in [0, 1] as a whole percent for a button, showing "<1%" for small nonzero ones."""
     percent = probability * 100.0
@@ -119,8 +124,9 @@ def candidates_markup(
     """Build one page of further candidates after "None of these".
 
     `candidates` are `(label index, probability or None)` pairs, best first, without the
-    species the answer already lists. The page has "More" when candidates remain, then
-    "Type the name" and "Back".
+    species the answer already lists; it may be empty when the answer lists every class.
+    The page has "More" when candidates remain, then "Not in this list" (a flower of a
+    species the model does not have), then "Type the name" and "Back".
     """
     signer = get_signer(bot_context)
     labels = bot_context.service.labels
@@ -135,6 +141,7 @@ def candidates_markup(
     if start + CANDIDATES_PER_PAGE < len(candidates):
         more = text("feedback.button.more", lang)
         rows.append([prediction_button(signer, prediction, more, Action.NONE_OF_THESE, page + 1)])
+    rows.append([unknown_species_button(signer, prediction, lang)])
     rows.append(
         [
             prediction_button(signer, prediction, text("feedback.button.type_name", lang), Action.TYPE_NAME),
@@ -145,13 +152,18 @@ def candidates_markup(
 
 
 def matches_markup(bot_context: BotContext, prediction: Any, lang: str, indices: Sequence[int]) -> InlineKeyboardMarkup:
-    """Build the keyboard under the species that match a typed name, with "Cancel" last."""
+    """Build the keyboard under the species that match a typed name, with "Cancel" last.
+
+    When nothing matches (`indices` is empty), "Not in this list" comes before "Cancel".
+    """
     signer = get_signer(bot_context)
     labels = bot_context.service.labels
     rows = []
     for index in indices:
         label = text("feedback.button.pick", lang, name=labels.display_name(index, lang))
         rows.append([prediction_button(signer, prediction, label, Action.PICK, index)])
+    if not indices:
+        rows.append([unknown_species_button(signer, prediction, lang)])
     cancel = text("feedback.button.cancel_typing", lang)
     rows.append([prediction_button(signer, prediction, cancel, Action.CANCEL_TYPING)])
     return InlineKeyboardMarkup(rows)

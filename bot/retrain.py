@@ -52,6 +52,7 @@ from bot.retrain_progress import (
     exit_error,
     failed_split,
     gate_lines,
+    negatives_line,
     progress_text,
 )
 from classifier.bundle import Bundle, BundleError
@@ -197,11 +198,18 @@ class RetrainSupervisor:
         Recipe.from_mapping(overrides)
         return overrides
 
-    async def _collect_examples(self) -> tuple[tuple[dict[str, Any], ...], tuple[dict[str, Any], ...]]:
+    async def _collect_examples(self) -> tuple[tuple[dict[str, Any], ...], tuple[dict[str, Any], ...], tuple[dict[str, Any], ...]]:
+        """Return the labelled, "not a flower" and "not in this list" photos for a job, in that order."""
         images = self.bot_context.images
         examples: list[dict[str, Any]] = []
         not_flower: list[dict[str, Any]] = []
-        for target, rows in ((examples, await self.repository.labelled_examples()), (not_flower, await self.repository.not_flower_examples())):
+        unknown_species: list[dict[str, Any]] = []
+        sources = (
+            (examples, await self.repository.labelled_examples()),
+            (not_flower, await self.repository.not_flower_examples()),
+            (unknown_species, await self.repository.unknown_species_examples()),
+        )
+        for target, rows in sources:
             for row in rows:
                 try:
                     path = images.resolve(row.image_path)
@@ -209,7 +217,7 @@ class RetrainSupervisor:
                     logger.warning("prediction %d: skipping its photo: %s", row.prediction_id, error)
                     continue
                 target.append({"path": str(path), "label": row.label, "image_sha256": row.image_sha256, "prediction_id": row.prediction_id})
-        return tuple(examples), tuple(not_flower)
+        return tuple(examples), tuple(not_flower), tuple(unknown_species)
 
     async def start(self, admin_user_id: int, admin_chat_id: int, lang: str, *, command_message_id: int | None = None) -> StartOutcome:
         """Start a run for an admin, or report the one already running.
@@ -268,7 +276,7 @@ class RetrainSupervisor:
         settings = self.settings
         if bundle.path is None:
             raise BundleError(f"serving bundle {bundle.version} has no directory to start training from")
-        examples, not_flower = await self._collect_examples()
+        examples, not_flower, unknown_species = await self._collect_examples()
         base_data = settings.retrain_base_data or ""
         job = RetrainJob(
             run_id=active.run_id,
@@ -278,6 +286,7 @@ class RetrainSupervisor:
             work_dir=str(active.work_dir),
             examples=examples,
             not_flower=not_flower,
+            unknown_species=unknown_species,
             holdout_fraction=settings.retrain_holdout_fraction,
             seed=settings.retrain_seed,
             recipe=dict(recipe),
@@ -319,12 +328,13 @@ class RetrainSupervisor:
                 limit=STDOUT_LINE_LIMIT,
             )
         logger.info(
-            "retrain run %d started by admin %d: pid %d, %d corrected and %d not-flower photos, log %s",
+            "retrain run %d started by admin %d: pid %d, %d corrected, %d not-flower and %d unknown-species photos, log %s",
             active.run_id,
             active.admin_user_id,
             active.process.pid,
             len(examples),
             len(not_flower),
+            len(unknown_species),
             active.log_path,
         )
 
@@ -443,7 +453,7 @@ class RetrainSupervisor:
             split = text(f"admin_model.split.{failed_split(decision)}", lang)
             headline = text("admin_model.result.rejected", lang, version=version, previous=previous, split=split)
 
-        summary = "\n".join([headline, "", *gate_lines(decision, lang)])
+        summary = "\n".join([headline, "", *gate_lines(decision, lang), negatives_line(result.get("data") or {}, lang)])
         await self._close_message(active, "done")
         await self._send_result(active, summary, result.get("confusion_png"), version)
 

@@ -214,7 +214,8 @@ def progress_text(run_id: int, serving_version: str, progress: RunProgress, lang
         text("admin_model.progress.phase", lang, phase=phase_name(progress.phase, lang)),
     ]
     if progress.data is not None:
-        counts = {key: progress.data.get(key, 0) for key in ("corrections_train", "corrections_holdout", "not_flower", "skipped_unknown_label", "skipped_missing_file")}
+        keys = ("corrections_train", "corrections_holdout", "not_flower", "unknown_species", "skipped_unknown_label", "skipped_missing_file")
+        counts = {key: progress.data.get(key, 0) for key in keys}
         lines.append(text("admin_model.progress.data", lang, **counts))
     if progress.features_total and progress.epoch is None:
         lines.append(text("admin_model.progress.features", lang, done=progress.features_done, total=progress.features_total))
@@ -253,6 +254,16 @@ def gate_lines(decision: GateDecision, lang: str) -> list[str]:
             )
         )
     return lines
+
+
+def negatives_line(data: Mapping[str, Any], lang: str) -> str:
+    """Return the result line that counts the OOD negatives by kind, from the job's `data` counts."""
+    return text(
+        "admin_model.result.negatives",
+        lang,
+        not_flower=data.get("not_flower", 0),
+        unknown_species=data.get("unknown_species", 0),
+    )
 
 
 def failed_split(decision: GateDecision) -> str:

@@ -46,7 +46,10 @@ NAMING_CONVENTION = {
 }
 
 LANGUAGES = ("en", "zh")
-CORRECTION_KINDS = ("confirmed", "corrected", "not_flower")
+CORRECTION_KINDS = ("confirmed", "corrected", "not_flower", "unknown_species")
+# Kinds stored without a class id: "not a flower", and "a flower of a species the
+# model does not have". Every other kind carries the chosen class id as its label.
+LABELLESS_CORRECTION_KINDS = ("not_flower", "unknown_species")
 MODEL_STATUSES = ("candidate", "serving", "rejected", "retired")
 RETRAIN_STATUSES = ("running", "succeeded", "failed", "cancelled", "rejected")
 RETRAIN_FINISHED_STATUSES = tuple(status for status in RETRAIN_STATUSES if status != "running")
@@ -87,9 +90,12 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.astimezone(timezone.utc)
 
 
+def _quoted(values: tuple[str, ...]) -> str:
+    return ", ".join(f"'{value}'" for value in values)
+
+
 def _in_list(column: str, values: tuple[str, ...]) -> str:
-    quoted = ", ".join(f"'{value}'" for value in values)
-    return f"{column} IN ({quoted})"
+    return f"{column} IN ({_quoted(values)})"
 
 
 class Base(DeclarativeBase):
@@ -175,7 +181,8 @@ class Correction(Base):
     __table_args__ = (
         CheckConstraint(_in_list("kind", CORRECTION_KINDS), name="kind"),
         CheckConstraint(
-            "(kind = 'not_flower' AND label IS NULL) OR (kind <> 'not_flower' AND label IS NOT NULL)",
+            f"({_in_list('kind', LABELLESS_CORRECTION_KINDS)} AND label IS NULL) "
+            f"OR (kind NOT IN ({_quoted(LABELLESS_CORRECTION_KINDS)}) AND label IS NOT NULL)",
             name="label_matches_kind",
         ),
         # At most one current correction per prediction.
@@ -193,7 +200,7 @@ class Correction(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     prediction_id: Mapped[int] = mapped_column(ForeignKey("predictions.id", ondelete="CASCADE"))
     user_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("users.id", ondelete="CASCADE"))
-    # The class id the user chose; None for "not a flower".
+    # The class id the user chose; None for the kinds in LABELLESS_CORRECTION_KINDS.
     label: Mapped[str | None] = mapped_column(String(128))
     kind: Mapped[str] = mapped_column(String(16))
     is_current: Mapped[bool] = mapped_column(Boolean, default=True)

@@ -56,9 +56,9 @@ class Chat:
     def chat_id(self) -> int:
         return self.chat["id"]
 
-    async def photo(self, seed: int, *, image: bytes | None = None) -> tuple[JSON, Prediction]:
+    async def photo(self, seed: int, *, image: bytes | None = None, caption: str | None = None) -> tuple[JSON, Prediction]:
         """Send a photo; return the bot's answer as sent and the stored prediction once its answer id is stored."""
-        photo = self.bot.emulator.send_photo(self.user, self.chat, image or noise_jpeg(seed))
+        photo = self.bot.emulator.send_photo(self.user, self.chat, image or noise_jpeg(seed), caption=caption)
         answer = await self.bot.emulator.wait_for_reply(photo)
 
         async def prediction_with_reply() -> Prediction | None:
@@ -224,6 +224,68 @@ async def test_none_of_these_offers_rest(flowerbot: BotHarness) -> None:
         "feedback.notice.recorded"
     )
     assert await corrections(flowerbot, prediction) == [(other, "corrected", True)]
+
+
+async def test_candidates_page_offers_unknown_species(flowerbot: BotHarness) -> None:
+    alice = Chat(flowerbot, ALICE)
+    answer, prediction = await alice.photo(40)
+
+    await alice.press(answer, button(flowerbot, answer, prediction, Action.NONE_OF_THESE, 0))
+    shown = await flowerbot.emulator.wait_for(
+        lambda: any(entry["text"] == "Type the name" for entry in inline_buttons(alice.current(answer))) and alice.current(answer)
+    )
+    texts = feedback_texts(shown)
+    # Two further candidates of five classes, then the rest of the page.
+    assert len(texts) == 5
+    assert texts[2:] == ["Not in this list", "Type the name", "« Back"]
+
+    assert await alice.press(shown, button(flowerbot, shown, prediction, Action.UNKNOWN_SPECIES)) == notice(
+        "feedback.notice.recorded"
+    )
+    assert await corrections(flowerbot, prediction) == [(None, "unknown_species", True)]
+    edited = await flowerbot.emulator.wait_for(lambda: STATUS_MARK in message_text(alice.current(answer)) and alice.current(answer))
+    assert message_text(edited).endswith(f"{STATUS_MARK}{text('feedback.recorded.unknown_species', 'en')}")
+    assert feedback_texts(edited) == ["Change"]
+
+
+async def test_every_class_listed_has_no_dead_end(flowerbot: BotHarness) -> None:
+    """With /top5 on a five-class model the answer lists every class; "None of these" still opens the page."""
+    alice = Chat(flowerbot, ALICE)
+    answer, prediction = await alice.photo(41, caption="/top5")
+    assert sorted(entry["class_id"] for entry in prediction.top_k) == sorted(FLOWERS5_CLASSES)
+
+    assert await alice.press(answer, button(flowerbot, answer, prediction, Action.NONE_OF_THESE, 0)) == notice(
+        "feedback.notice.all_listed"
+    )
+    shown = await flowerbot.emulator.wait_for(
+        lambda: any(entry["text"] == "Type the name" for entry in inline_buttons(alice.current(answer))) and alice.current(answer)
+    )
+    assert feedback_texts(shown) == ["Not in this list", "Type the name", "« Back"]
+    assert await corrections(flowerbot, prediction) == []
+
+    assert await alice.press(shown, button(flowerbot, shown, prediction, Action.UNKNOWN_SPECIES)) == notice(
+        "feedback.notice.recorded"
+    )
+    assert await corrections(flowerbot, prediction) == [(None, "unknown_species", True)]
+    recorded = await flowerbot.emulator.wait_for(
+        lambda: feedback_texts(alice.current(answer)) == ["Change"] and alice.current(answer)
+    )
+    assert message_text(recorded).endswith(f"{STATUS_MARK}Recorded: a species not in my list ✓")
+
+    # "Change" opens the choices again, and a species picked there replaces the record.
+    assert await alice.press(recorded, button(flowerbot, recorded, prediction, Action.CHANGE)) is None
+    choices = await flowerbot.emulator.wait_for(
+        lambda: len(feedback_texts(alice.current(answer))) > 1 and alice.current(answer)
+    )
+    top1 = prediction.top1_class_id
+    assert await alice.press(choices, button(flowerbot, choices, prediction, Action.PICK, class_index(top1))) == notice(
+        "feedback.notice.recorded"
+    )
+    assert await corrections(flowerbot, prediction) == [(None, "unknown_species", False), (top1, "confirmed", True)]
+    edited = await flowerbot.emulator.wait_for(
+        lambda: message_text(alice.current(answer)).endswith(f"Recorded: {top1} ✓") and alice.current(answer)
+    )
+    assert message_text(edited).count(STATUS_MARK) == 1
 
 
 async def test_back_restores_choices(flowerbot: BotHarness) -> None:
@@ -452,6 +514,7 @@ async def test_typed_name_without_match(flowerbot: BotHarness) -> None:
 
     reply = await alice.send_text("qwertyuiop")
     assert message_text(reply) == text("feedback.type_name.no_match", "en", query="qwertyuiop")
+    assert [entry["text"] for entry in inline_buttons(reply)] == ["Not in this list", "Cancel"]
     # Still waiting: the next text is taken as the name too.
     assert await flowerbot.repository.get_pending_input(ALICE["id"], alice.chat_id) is not None
 
@@ -460,6 +523,27 @@ async def test_typed_name_without_match(flowerbot: BotHarness) -> None:
     )
     assert await flowerbot.repository.get_pending_input(ALICE["id"], alice.chat_id) is None
     assert await corrections(flowerbot, prediction) == []
+
+
+async def test_unknown_species_after_no_match(flowerbot: BotHarness) -> None:
+    alice = Chat(flowerbot, ALICE)
+    answer, prediction = await alice.photo(42)
+    await _start_typing(flowerbot, alice, answer, prediction)
+
+    reply = await alice.send_text("edelweiss")
+    assert message_text(reply) == text("feedback.type_name.no_match", "en", query="edelweiss")
+    assert await alice.press(reply, button(flowerbot, reply, prediction, Action.UNKNOWN_SPECIES)) == notice(
+        "feedback.notice.recorded"
+    )
+
+    assert await corrections(flowerbot, prediction) == [(None, "unknown_species", True)]
+    assert await flowerbot.repository.get_pending_input(ALICE["id"], alice.chat_id) is None
+    # The reply turns into the status line, and the answer shows it with "Change".
+    status = text("feedback.recorded.unknown_species", "en")
+    await flowerbot.emulator.wait_for(lambda: message_text(alice.current(reply)) == status)
+    edited = await flowerbot.emulator.wait_for(lambda: STATUS_MARK in message_text(alice.current(answer)) and alice.current(answer))
+    assert message_text(edited).endswith(f"{STATUS_MARK}{status}")
+    assert feedback_texts(edited) == ["Change"]
 
 
 async def test_new_photo_ends_typing_name(flowerbot: BotHarness) -> None:
@@ -549,6 +633,19 @@ async def test_history_lists_corrections(flowerbot: BotHarness) -> None:
     assert message_text(empty) == text("history.empty", "en")
 
 
+async def test_history_shows_unknown_species(flowerbot: BotHarness) -> None:
+    alice = Chat(flowerbot, ALICE)
+    answer, prediction = await alice.photo(43)
+    await flowerbot.repository.record_correction(prediction.id, ALICE["id"], label=None, kind="unknown_species")
+
+    reply = await alice.command("history")
+    assert message_text(reply).splitlines()[1].endswith("you marked it a species not in my list")
+
+    chinese = Chat(flowerbot, make_user(ALICE["id"], "Alice", language_code="zh-hans"))
+    reply = await chinese.command("history")
+    assert message_text(reply).splitlines()[1].endswith(text("history.unknown_species", "zh"))
+
+
 async def test_forget_deletes_only_own_data(flowerbot: BotHarness) -> None:
     alice = Chat(flowerbot, ALICE)
     bob = Chat(flowerbot, BOB)
@@ -623,23 +720,29 @@ async def test_stats_rejects_non_admin(flowerbot: BotHarness) -> None:
 async def test_stats_numbers_for_admin(bot_harness: BotHarness) -> None:
     await bot_harness.start(admin_ids=frozenset({ADMIN["id"]}))
     alice = Chat(bot_harness, ALICE)
-    answers = [await alice.photo(seed) for seed in (30, 31, 32, 33)]
-    (confirm_answer, confirmed), (correct_answer, corrected), (flower_answer, not_flower), _untouched = answers
+    answers = [await alice.photo(seed) for seed in (30, 31, 32, 33, 34)]
+    (confirm_answer, confirmed), (correct_answer, corrected), (flower_answer, not_flower), (unknown_answer, unknown), _untouched = answers
     wrong_label = corrected.top_k[1]["class_id"]
     await alice.press(confirm_answer, button(bot_harness, confirm_answer, confirmed, Action.PICK, class_index(confirmed.top1_class_id)))
     await alice.press(correct_answer, button(bot_harness, correct_answer, corrected, Action.PICK, class_index(wrong_label)))
     await alice.press(flower_answer, button(bot_harness, flower_answer, not_flower, Action.NOT_FLOWER))
+    await alice.press(unknown_answer, button(bot_harness, unknown_answer, unknown, Action.NONE_OF_THESE, 0))
+    page = await bot_harness.emulator.wait_for(
+        lambda: any(entry["text"] == "Not in this list" for entry in inline_buttons(alice.current(unknown_answer)))
+        and alice.current(unknown_answer)
+    )
+    await alice.press(page, button(bot_harness, page, unknown, Action.UNKNOWN_SPECIES))
 
     # Alice is not an admin and learns nothing.
     assert message_text(await alice.command("stats")) == text("stats.admins_only", "en")
 
     reply = message_text(await Chat(bot_harness, ADMIN).command("stats"))
-    assert "Predictions: 4" in reply
-    assert "With feedback: 3 (75.0%)" in reply
-    assert "Confirmed: 1 · corrected: 1 · not a flower: 1" in reply
+    assert "Predictions: 5" in reply
+    assert "With feedback: 4 (80.0%)" in reply
+    assert "Confirmed: 1 · corrected: 1 · not a flower: 1 · not in the list: 1" in reply
     version = bot_harness.bundle.version
-    # Two predictions carry a species label; one of them was right.
-    assert f"{version}: 50.0% of 2 rated (4 predictions)" in reply
+    # Two predictions carry a species label and one is a species the model lacks; one of the three was right.
+    assert f"{version}: 33.3% of 3 rated (5 predictions)" in reply
     assert f"{corrected.top1_class_id} → {wrong_label}: 1" in reply
 
 
@@ -649,6 +752,7 @@ async def test_stats_in_chinese(bot_harness: BotHarness) -> None:
     reply = message_text(await Chat(bot_harness, admin).command("stats"))
     assert reply.startswith(text("stats.title", "zh"))
     assert "预测：0" in reply
+    assert "不是花：0 · 不在列表中：0" in reply
 
 
 async def test_signature_binds_to_message(flowerbot: BotHarness) -> None:

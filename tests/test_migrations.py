@@ -28,6 +28,8 @@ REPOSITORY_ROOT = Path(__file__).resolve().parents[1]
 TABLES_0001 = {"users", "predictions"}
 TABLES_0002 = TABLES_0001 | {"corrections", "pending_inputs"}
 TABLES_0003 = TABLES_0002 | {"model_versions", "retrain_runs"}
+# 0004 changes constraints only.
+TABLES_0004 = TABLES_0003
 
 
 async def _inspect(url: str, function):
@@ -68,22 +70,22 @@ def test_revisions_form_one_chain():
 
     revisions = [revision.revision for revision in script.walk_revisions("base", "heads")]
 
-    assert script.get_heads() == ["0003"]
-    assert revisions == ["0003", "0002", "0001"]
+    assert script.get_heads() == ["0004"]
+    assert revisions == ["0004", "0003", "0002", "0001"]
 
 
 async def test_upgrade_downgrade_upgrade(database_url):
     await _upgrade(database_url)
-    assert await _inspect(database_url, _application_tables) == TABLES_0003
-    assert await _inspect(database_url, _current_revision) == "0003"
+    assert await _inspect(database_url, _application_tables) == TABLES_0004
+    assert await _inspect(database_url, _current_revision) == "0004"
 
     await _downgrade(database_url)
     assert await _inspect(database_url, _application_tables) == set()
     assert await _inspect(database_url, _current_revision) is None
 
     await _upgrade(database_url)
-    assert await _inspect(database_url, _application_tables) == TABLES_0003
-    assert await _inspect(database_url, _current_revision) == "0003"
+    assert await _inspect(database_url, _application_tables) == TABLES_0004
+    assert await _inspect(database_url, _current_revision) == "0004"
 
 
 async def test_each_revision_adds_and_removes_its_tables(database_url):
@@ -94,6 +96,12 @@ async def test_each_revision_adds_and_removes_its_tables(database_url):
     assert await _inspect(database_url, _application_tables) == TABLES_0002
 
     await _upgrade(database_url, "0003")
+    assert await _inspect(database_url, _application_tables) == TABLES_0003
+
+    await _upgrade(database_url, "0004")
+    assert await _inspect(database_url, _application_tables) == TABLES_0004
+
+    await _downgrade(database_url, "0003")
     assert await _inspect(database_url, _application_tables) == TABLES_0003
 
     await _downgrade(database_url, "0002")
@@ -107,8 +115,8 @@ async def test_upgrade_twice_is_a_no_op(database_url):
     await _upgrade(database_url)
     await _upgrade(database_url)
 
-    assert await _inspect(database_url, _current_revision) == "0003"
-    assert await _inspect(database_url, _application_tables) == TABLES_0003
+    assert await _inspect(database_url, _current_revision) == "0004"
+    assert await _inspect(database_url, _application_tables) == TABLES_0004
 
 
 async def test_models_match_migrations(database_url):
@@ -160,7 +168,7 @@ async def test_upgrade_from_another_directory(database_url, tmp_path, monkeypatc
 
     await _upgrade(database_url)
 
-    assert await _inspect(database_url, _current_revision) == "0003"
+    assert await _inspect(database_url, _current_revision) == "0004"
 
 
 async def test_alembic_command_line_reads_database_url(database_url, tmp_path):
@@ -178,5 +186,5 @@ async def test_alembic_command_line_reads_database_url(database_url, tmp_path):
     )
 
     assert completed.returncode == 0, completed.stderr
-    assert await _inspect(database_url, _current_revision) == "0003"
+    assert await _inspect(database_url, _current_revision) == "0004"
 

@@ -25,6 +25,7 @@ from bot.handlers import admin_model
 from bot.i18n import text
 from bot.model_registry import WORK_DIR_PREFIX
 from bot.retrain import RETRAIN_KEY, RetrainSupervisor, stop_retrain_supervisor
+from classifier.bundle import Bundle
 from storage.models import Prediction, RetrainRun
 from tests.emulator import make_user, message_text, private_chat
 from tests.fixtures.bot import BotHarness
@@ -176,6 +177,9 @@ async def test_retrain_promotes_and_rollback_returns(retrain_bot: StartBot, flow
     await add_corrections(bot, spare_val_photos(flowers5_dir, skip=4, per_class=2))
     rock = await send_photo(bot, ALICE, noise_jpeg(1))
     await bot.repository.record_correction(rock.id, ALICE["id"], label=None, kind="not_flower")
+    # A flower of a species the model does not have: a negative for the OOD threshold, never a class.
+    lily = await send_photo(bot, ALICE, noise_jpeg(5))
+    await bot.repository.record_correction(lily.id, ALICE["id"], label=None, kind="unknown_species")
 
     # Start, then send a photo while the child process trains.
     bot.emulator.send_command(ADMIN, ADMIN_CHAT, "retrain")
@@ -193,6 +197,10 @@ async def test_retrain_promotes_and_rollback_returns(retrain_bot: StartBot, flow
     assert run.metrics["data"]["corrections_train"] + run.metrics["data"]["corrections_holdout"] == 10
     assert run.metrics["data"]["corrections_holdout"] > 0
     assert run.metrics["data"]["not_flower"] == 1
+    assert run.metrics["data"]["unknown_species"] == 1
+    candidate_ood = Bundle.load(bot.settings.models_dir / new_version).ood
+    assert candidate_ood["non_flower_source"] == "examples"
+    assert candidate_ood["non_flower_samples"] == 2
 
     # One progress message, edited in place, and the result with the confusion matrix.
     edits = [call for call in bot.emulator.calls_to("editMessageText") if call.params.get("chat_id") == ADMIN_CHAT["id"]]
@@ -201,10 +209,12 @@ async def test_retrain_promotes_and_rollback_returns(retrain_bot: StartBot, flow
     final_progress = message_text(bot.emulator.message(ADMIN_CHAT["id"], progress["message_id"]))
     assert "Phase: done" in final_progress
     assert "Epoch" in final_progress
+    assert "1 “not a flower” and 1 “not in this list” photos for rejection" in final_progress
     caption = result_caption(bot)
     assert "passed the gate" in caption
     assert "the base validation split: candidate" in caption
     assert "the held-out corrections: candidate" in caption
+    assert text("admin_model.result.negatives", "en", not_flower=1, unknown_species=1) in caption
 
     # The registry, the files and the service agree on the new version.
     serving = await bot.repository.serving_model()

@@ -105,6 +105,30 @@ def test_not_flower_photos_never_become_a_class(tmp_path: Path) -> None:
     assert data.holdout == []
 
 
+def test_unknown_species_photos_are_negatives_only(tmp_path: Path) -> None:
+    lily = tmp_path / "lily.jpg"
+    lily.write_bytes(b"x")
+    rock = tmp_path / "rock.jpg"
+    rock.write_bytes(b"y")
+    unknown_species = [
+        example(lily, None, 1, sha="aa" * 32),
+        example(lily, None, 2, sha="aa" * 32),
+        # The same photo also marked "not a flower" is counted there only.
+        example(rock, None, 3, sha="cd" * 32),
+        example(tmp_path / "gone.jpg", None, 4),
+    ]
+    not_flower = [example(rock, None, 5, sha="cd" * 32)]
+    data = split_corrections([], not_flower, CLASSES, fraction=0.5, seed=0, unknown_species=unknown_species)
+    assert data.unknown_species == [str(lily)]
+    assert data.not_flower == [str(rock)]
+    assert data.ood_negatives == [str(rock), str(lily)]
+    assert data.train == []
+    assert data.holdout == []
+    assert data.skipped_missing_file == 1
+    assert data.counts()["unknown_species"] == 1
+    assert data.counts()["not_flower"] == 1
+
+
 def test_holdout_membership_is_stable_as_data_grows(tmp_path: Path) -> None:
     photo = tmp_path / "a.jpg"
     photo.write_bytes(b"x")
@@ -141,7 +165,14 @@ def new_job(tmp_path: Path, **changes: Any) -> RetrainJob:
 
 
 def test_job_round_trips_through_file(tmp_path: Path) -> None:
-    job = new_job(tmp_path, examples=(example(tmp_path / "a.jpg", "roses", 1),), recipe={"epochs": 2}, threads=1)
+    job = new_job(
+        tmp_path,
+        examples=(example(tmp_path / "a.jpg", "roses", 1),),
+        not_flower=(example(tmp_path / "b.jpg", None, 2),),
+        unknown_species=(example(tmp_path / "c.jpg", None, 3),),
+        recipe={"epochs": 2},
+        threads=1,
+    )
     path = job.write(tmp_path / "job.json")
     assert RetrainJob.read(path) == job
     assert job.candidate_dir == tmp_path / "work" / CANDIDATE_DIR_NAME

@@ -107,7 +107,7 @@ def test_progress_text_shows_epoch_and_accuracy() -> None:
     progress = RunProgress()
     for event in (
         {"event": "phase", "phase": "prepare"},
-        {"event": "data", "corrections_train": 4, "corrections_holdout": 1, "not_flower": 2, "skipped_unknown_label": 3, "skipped_missing_file": 0},
+        {"event": "data", "corrections_train": 4, "corrections_holdout": 1, "not_flower": 2, "unknown_species": 5, "skipped_unknown_label": 3, "skipped_missing_file": 0},
         {"event": "phase", "phase": "train"},
         {"event": "epoch", "epoch": 2, "epochs": 5, "val_acc": 0.25, "best_val_acc": 0.5},
     ):
@@ -118,8 +118,10 @@ def test_progress_text_shows_epoch_and_accuracy() -> None:
     assert "Epoch 2/5: validation accuracy 25.0% (best 50.0%)" in english
     assert "4 corrected photos for training, 1 held out" in english
     assert "skipped 3 with labels" in english
+    assert "2 “not a flower” and 5 “not in this list” photos for rejection" in english
     chinese = progress_text(7, "v1", progress, "zh")
     assert "第 2/5 轮" in chinese
+    assert "2 张“不是花”和 5 张“不在列表中”照片用于拒识" in chinese
 
 
 def test_progress_keeps_error_and_result() -> None:

@@ -437,7 +437,7 @@ async def test_correction_of_missing_prediction(repository):
 
 @pytest.mark.parametrize(
     ("label", "kind"),
-    [("daisy", "not_flower"), (None, "confirmed"), ("", "corrected"), ("daisy", "maybe")],
+    [("daisy", "not_flower"), ("daisy", "unknown_species"), (None, "confirmed"), ("", "corrected"), ("daisy", "maybe")],
 )
 async def test_invalid_correction_is_rejected(repository, label, kind):
     prediction = await _add(repository)
@@ -446,6 +446,38 @@ async def test_invalid_correction_is_rejected(repository, label, kind):
         await repository.record_correction(prediction.id, ALICE, label=label, kind=kind)
 
     assert await repository.current_correction(prediction.id) is None
+
+
+async def test_unknown_species_correction(repository):
+    prediction = await _add(repository)
+    await repository.record_correction(prediction.id, ALICE, label="daisy", kind="confirmed")
+
+    recorded, changed = await repository.record_correction(prediction.id, ALICE, label=None, kind="unknown_species")
+    again, changed_again = await repository.record_correction(prediction.id, ALICE, label=None, kind="unknown_species")
+    # "Not a flower" after it is a change of kind, though both have no label.
+    _, changed_to_not_flower = await repository.record_correction(prediction.id, ALICE, label=None, kind="not_flower")
+
+    assert changed is True
+    assert recorded.label is None
+    assert changed_again is False
+    assert again.id == recorded.id
+    assert changed_to_not_flower is True
+    history = await repository.correction_history(prediction.id)
+    assert [(row.label, row.kind, row.is_current) for row in history] == [
+        ("daisy", "confirmed", False),
+        (None, "unknown_species", False),
+        (None, "not_flower", True),
+    ]
+
+
+async def test_database_rejects_unknown_species_label(repository, engine):
+    prediction = await _add(repository)
+
+    with pytest.raises(IntegrityError):
+        async with new_session_factory(engine)() as session, session.begin():
+            session.add(Correction(prediction_id=prediction.id, user_id=ALICE, label="daisy", kind="unknown_species"))
+
+    assert await _count(engine, Correction) == 0
 
 
 async def test_database_allows_one_current_correction(repository, engine):
@@ -566,6 +598,7 @@ async def test_stats_by_model_and_confusions(repository):
     v2_right = await _add(repository, message_id=6, image="f", model_version="v2", top=("tulips", "roses"))
     v2_second_choice = await _add(repository, message_id=7, image="g", model_version="v2", top=("tulips", "roses"))
     await _add(repository, message_id=8, image="h", model_version="v2")
+    v2_unknown = await _add(repository, message_id=9, image="i", model_version="v2", top=("tulips", "roses"))
 
     await repository.record_correction(v1_right.id, ALICE, label="daisy", kind="confirmed")
     await repository.record_correction(v1_wrong.id, ALICE, label="daisy", kind="confirmed")
@@ -575,23 +608,31 @@ async def test_stats_by_model_and_confusions(repository):
     await repository.record_correction(v2_right.id, ALICE, label="tulips", kind="confirmed")
     # A tap on the second listed species: recorded as confirmed, but top-1 was wrong.
     await repository.record_correction(v2_second_choice.id, ALICE, label="roses", kind="confirmed")
+    # A flower of a species the model does not have: the model was wrong.
+    await repository.record_correction(v2_unknown.id, ALICE, label="tulips", kind="confirmed")
+    await repository.record_correction(v2_unknown.id, ALICE, label=None, kind="unknown_species")
 
     stats = await repository.stats()
 
-    assert stats["predictions"] == 8
-    assert stats["with_feedback"] == 6
-    assert stats["feedback_share"] == pytest.approx(6 / 8)
-    assert stats["feedback_by_kind"] == {"confirmed": 3, "corrected": 2, "not_flower": 1}
+    assert stats["predictions"] == 9
+    assert stats["with_feedback"] == 7
+    assert stats["feedback_share"] == pytest.approx(7 / 9)
+    assert stats["feedback_by_kind"] == {"confirmed": 3, "corrected": 2, "not_flower": 1, "unknown_species": 1}
     assert stats["by_model"]["v1"] == {
         "predictions": 5,
         "with_feedback": 4,
         "labelled": 3,
+        "unknown_species": 0,
+        "rated": 3,
         "correct": 1,
         "not_flower": 1,
         "accuracy": pytest.approx(1 / 3),
     }
     assert stats["by_model"]["v2"]["labelled"] == 2
-    assert stats["by_model"]["v2"]["accuracy"] == pytest.approx(0.5)
+    assert stats["by_model"]["v2"]["unknown_species"] == 1
+    assert stats["by_model"]["v2"]["rated"] == 3
+    assert stats["by_model"]["v2"]["correct"] == 1
+    assert stats["by_model"]["v2"]["accuracy"] == pytest.approx(1 / 3)
     assert stats["confused_pairs"] == [
         {"predicted": "daisy", "actual": "roses", "count": 2},
         {"predicted": "tulips", "actual": "roses", "count": 1},
@@ -637,6 +678,28 @@ async def test_labelled_and_not_flower_examples(repository):
     assert labelled[0].image_sha256 == _sha("a")
     assert labelled[0].created_at == confirmed.created_at
     assert [(example.prediction_id, example.label) for example in rejected] == [(not_flower.id, None)]
+
+
+async def test_unknown_species_examples_are_apart(repository):
+    labelled_first = await _add(repository, message_id=1, image="a")
+    unknown = await _add(repository, message_id=2, image="b")
+    not_flower = await _add(repository, message_id=3, image="c")
+    await repository.record_correction(labelled_first.id, ALICE, label=None, kind="unknown_species")
+    await repository.record_correction(labelled_first.id, ALICE, label="roses", kind="corrected")
+    await repository.record_correction(unknown.id, ALICE, label="daisy", kind="confirmed")
+    await repository.record_correction(unknown.id, ALICE, label=None, kind="unknown_species")
+    await repository.record_correction(not_flower.id, ALICE, label=None, kind="not_flower")
+
+    labelled = await repository.labelled_examples()
+    rejected = await repository.not_flower_examples()
+    unknown_species = await repository.unknown_species_examples()
+
+    # Only the current correction counts, and an unknown species is never a class label.
+    assert [(example.prediction_id, example.label) for example in labelled] == [(labelled_first.id, "roses")]
+    assert [(example.prediction_id, example.label) for example in rejected] == [(not_flower.id, None)]
+    assert [(example.prediction_id, example.label) for example in unknown_species] == [(unknown.id, None)]
+    assert unknown_species[0].image_path == "/data/images/b.jpg"
+    assert unknown_species[0].image_sha256 == _sha("b")
 
 
 # -- model registry ---------------------------------------------------------

@@ -10,7 +10,8 @@ module as a child process. The job:
    hash, seeded), skipping labels the serving model does not know;
 3. trains with `training.train.train`, the code path of `python -m training
    train`, starting from the serving bundle's weights, with the photos people
-   marked "not a flower" fitting the OOD threshold;
+   marked "not a flower" or "not in this list" (a flower of a species the
+   model does not have) as the negatives that fit the OOD threshold;
 4. evaluates candidate and serving model on the base validation split and on
    the held-out corrections (`training.gate`);
 5. prints a final `result` event and exits 0.
@@ -77,7 +78,9 @@ class RetrainJob:
 
     `examples` are photos with a confirmed or corrected label:
     `{"path", "label", "image_sha256", "prediction_id"}`, label being a class
-    id. `not_flower` are photos marked "not a flower": `{"path", "image_sha256"}`.
+    id. `not_flower` are photos marked "not a flower" and `unknown_species`
+    photos of a flower of a species the model does not have, both
+    `{"path", "image_sha256"}`. Both are negatives for the OOD threshold only.
     `recipe` contains recipe overrides (`training.recipe.Recipe` field names).
     `threads` caps torch's intra-op threads (None leaves torch's default) and
     `nice` is added to the process niceness, so serving in the bot process
@@ -91,6 +94,7 @@ class RetrainJob:
     base_data_root: str | None = None
     examples: tuple[Mapping[str, Any], ...] = ()
     not_flower: tuple[Mapping[str, Any], ...] = ()
+    unknown_species: tuple[Mapping[str, Any], ...] = ()
     holdout_fraction: float = 0.2
     seed: int = 0
     recipe: Mapping[str, Any] = dataclasses.field(default_factory=dict)
@@ -120,6 +124,7 @@ class RetrainJob:
         values = dataclasses.asdict(self)
         values["examples"] = [dict(example) for example in self.examples]
         values["not_flower"] = [dict(example) for example in self.not_flower]
+        values["unknown_species"] = [dict(example) for example in self.unknown_species]
         values["recipe"] = dict(self.recipe)
         return {"format": JOB_FORMAT, **values}
 
@@ -138,6 +143,7 @@ class RetrainJob:
         fields.pop("format")
         fields["examples"] = tuple(fields.get("examples") or ())
         fields["not_flower"] = tuple(fields.get("not_flower") or ())
+        fields["unknown_species"] = tuple(fields.get("unknown_species") or ())
         return cls(**fields)
 
     def write(self, path: str | os.PathLike) -> Path:
@@ -165,20 +171,30 @@ class RetrainJob:
 
 @dataclasses.dataclass(frozen=True)
 class CorrectionData:
-    """Corrected photos split for one run, with counts of what was left out and why."""
+    """Corrected photos split for one run, with counts of what was left out and why.
+
+    `not_flower` and `unknown_species` are image paths, each photo once across both.
+    """
 
     train: list[dict[str, Any]]
     holdout: list[dict[str, Any]]
     not_flower: list[str]
+    unknown_species: list[str] = dataclasses.field(default_factory=list)
     skipped_unknown_label: int = 0
     skipped_missing_file: int = 0
     duplicates: int = 0
+
+    @property
+    def ood_negatives(self) -> list[str]:
+        """Image paths of every photo that fits the OOD threshold as a negative."""
+        return [*self.not_flower, *self.unknown_species]
 
     def counts(self) -> dict[str, int]:
         return {
             "corrections_train": len(self.train),
             "corrections_holdout": len(self.holdout),
             "not_flower": len(self.not_flower),
+            "unknown_species": len(self.unknown_species),
             "skipped_unknown_label": self.skipped_unknown_label,
             "skipped_missing_file": self.skipped_missing_file,
             "duplicates": self.duplicates,
@@ -205,13 +221,15 @@ def split_corrections(
     *,
     fraction: float,
     seed: int,
+    unknown_species: Sequence[Mapping[str, Any]] = (),
 ) -> CorrectionData:
     """Keep usable corrected photos, one label per photo, and split them into train and holdout.
 
     A photo saved more than once (same SHA-256) keeps the label of its newest
     prediction. Labels outside `class_ids` and files that no longer exist are
-    skipped and counted. "Not a flower" photos are only deduplicated and
-    checked for existence; they never become a class.
+    skipped and counted. "Not a flower" and `unknown_species` photos are only
+    deduplicated and checked for existence; they never become a class. A photo
+    in both lists is kept once, as "not a flower".
     """
     known = set(class_ids)
     newest: dict[str, Mapping[str, Any]] = {}
@@ -241,17 +259,22 @@ def split_corrections(
         entry = {"path": str(example["path"]), "label": str(example["label"])}
         (holdout if is_held_out(key, fraction=fraction, seed=seed) else train).append(entry)
 
-    not_flower_paths: dict[str, str] = {}
-    for example in not_flower:
-        path = Path(example["path"])
-        if not path.is_file():
-            missing += 1
-            continue
-        not_flower_paths.setdefault(str(example.get("image_sha256") or path), str(path))
+    negatives: dict[str, dict[str, str]] = {"not_flower": {}, "unknown_species": {}}
+    for kind, rows in (("not_flower", not_flower), ("unknown_species", unknown_species)):
+        for example in rows:
+            path = Path(example["path"])
+            if not path.is_file():
+                missing += 1
+                continue
+            key = str(example.get("image_sha256") or path)
+            if kind == "unknown_species" and key in negatives["not_flower"]:
+                continue
+            negatives[kind].setdefault(key, str(path))
     return CorrectionData(
         train=train,
         holdout=holdout,
-        not_flower=[not_flower_paths[key] for key in sorted(not_flower_paths)],
+        not_flower=[negatives["not_flower"][key] for key in sorted(negatives["not_flower"])],
+        unknown_species=[negatives["unknown_species"][key] for key in sorted(negatives["unknown_species"])],
         skipped_unknown_label=unknown,
         skipped_missing_file=missing,
         duplicates=duplicates,
@@ -320,7 +343,14 @@ def run_job(job: RetrainJob, emit: EventSink, should_stop: Callable[[], bool]) -
             f"but serving model {serving.version} predicts {', '.join(serving.labels.class_ids[:8])}"
             f"{'…' if len(serving.labels) > 8 else ''}; set RETRAIN_BASE_DATA to the data the serving model was trained on"
         )
-    data = split_corrections(job.examples, job.not_flower, class_ids, fraction=job.holdout_fraction, seed=job.seed)
+    data = split_corrections(
+        job.examples,
+        job.not_flower,
+        class_ids,
+        fraction=job.holdout_fraction,
+        seed=job.seed,
+        unknown_species=job.unknown_species,
+    )
     emit({"event": "data", "base_data": job.base_data, **data.counts()})
     logger.info("run %d: data %s", job.run_id, data.counts())
 
@@ -340,7 +370,7 @@ def run_job(job: RetrainJob, emit: EventSink, should_stop: Callable[[], bool]) -
         progress=forward,
         extra_examples=data.train,
         should_stop=should_stop,
-        non_flower_examples=data.not_flower,
+        non_flower_examples=data.ood_negatives,
         device=job.device,
         show_progress_bar=False,
     )
@@ -471,7 +501,14 @@ def main(argv: list[str] | None = None) -> int:
             import torch
 
             torch.set_num_threads(job.threads)
-        logger.info("retrain run %d started (pid %d): %d corrected photos, %d not-flower photos", job.run_id, os.getpid(), len(job.examples), len(job.not_flower))
+        logger.info(
+            "retrain run %d started (pid %d): %d corrected photos, %d not-flower photos, %d unknown-species photos",
+            job.run_id,
+            os.getpid(),
+            len(job.examples),
+            len(job.not_flower),
+            len(job.unknown_species),
+        )
         emit({"event": "start", "run_id": job.run_id, "pid": os.getpid()})
         result = run_job(job, emit, flag)
     except Exception as error:

@@ -37,6 +37,7 @@ def format_stats(bot_context: BotContext, stats: dict[str, Any], lang: str) -> s
             confirmed=by_kind.get("confirmed", 0),
             corrected=by_kind.get("corrected", 0),
             not_flower=by_kind.get("not_flower", 0),
+            unknown_species=by_kind.get("unknown_species", 0),
         ),
     ]
 
@@ -49,7 +50,7 @@ def format_stats(bot_context: BotContext, stats: dict[str, Any], lang: str) -> s
                 lang,
                 version=version,
                 accuracy=_percent(entry["accuracy"]),
-                rated=entry["labelled"],
+                rated=entry["rated"],
                 predictions=entry["predictions"],
             )
         )

@@ -161,6 +161,8 @@ def class_display_name(bot_context: BotContext, class_id: str | None, lang: str)
 
 def status_line(bot_context: BotContext, correction: Correction, lang: str) -> str:
     """Return the "Recorded: ..." line for a correction in `lang`."""
+    if correction.kind == "unknown_species":
+        return text("feedback.recorded.unknown_species", lang)
     if correction.kind == "not_flower" or correction.label is None:
         return text("feedback.recorded.not_flower", lang)
     name = class_display_name(bot_context, correction.label, lang)
@@ -433,6 +435,10 @@ async def _on_not_flower(press: _Press) -> None:
     await _record_and_show(press, label=None, kind="not_flower")
 
 
+async def _on_unknown_species(press: _Press) -> None:
+    await _record_and_show(press, label=None, kind="unknown_species")
+
+
 async def _record_and_show(press: _Press, *, label: str | None, kind: str) -> None:
     bot_context, prediction, message = press.bot_context, press.prediction, press.message
     correction, changed = await _record(bot_context, prediction, press.presser.id, label=label, kind=kind)
@@ -453,15 +459,25 @@ async def _record_and_show(press: _Press, *, label: str | None, kind: str) -> No
 
 
 async def _on_none_of_these(press: _Press) -> None:
+    """Show a page of further candidates, with "Not in this list", "Type the name" and "Back".
+
+    When the answer already lists every class, the page has no candidates but still
+    offers the other buttons, so the person can say the species is not one the model has.
+    """
     labels = press.bot_context.service.labels
     remaining = len(labels) - len(listed_indices(labels, press.prediction))
+    last_page = max(0, (remaining - 1) // CANDIDATES_PER_PAGE)
     page = press.data.argument
     # The count is known without ranking, so the notice can go out before the slow part.
-    if page * CANDIDATES_PER_PAGE >= remaining:
+    if remaining <= 0:
+        await press.answer("feedback.notice.all_listed")
+    elif page > last_page:
+        # A "More" button from before a model swap that left fewer classes to offer.
+        page = last_page
         await press.answer("feedback.notice.no_more_candidates")
-        return
-    await press.answer()
-    candidates = await ranked_candidates(press.bot_context, press.prediction)
+    else:
+        await press.answer()
+    candidates = await ranked_candidates(press.bot_context, press.prediction) if remaining > 0 else []
     markup = candidates_markup(press.bot_context, press.prediction, press.lang, page=page, candidates=candidates)
     if press.message is not None:
         await edit_message(press.message, markup=markup)
@@ -521,6 +537,7 @@ async def _on_cancel_typing(press: _Press) -> None:
 _ACTION_HANDLERS: dict[Action, Callable[[_Press], Awaitable[None]]] = {
     Action.PICK: _on_pick,
     Action.NOT_FLOWER: _on_not_flower,
+    Action.UNKNOWN_SPECIES: _on_unknown_species,
     Action.NONE_OF_THESE: _on_none_of_these,
     Action.CHANGE: _on_choices,
     Action.BACK: _on_choices,

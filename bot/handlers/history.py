@@ -45,6 +45,8 @@ def format_history_line(bot_context: BotContext, entry: HistoryEntry, lang: str)
         feedback = text("history.no_feedback", lang)
     elif correction.kind == "not_flower":
         feedback = text("history.not_flower", lang)
+    elif correction.kind == "unknown_species":
+        feedback = text("history.unknown_species", lang)
     elif correction.label == prediction.top1_class_id:
         feedback = text("history.confirmed", lang)
     else:

@@ -39,8 +39,8 @@ MESSAGES: dict[str, dict[str, str]] = {
     },
     "admin_model.progress.phase": {"en": "Phase: {phase}", "zh": "阶段：{phase}"},
     "admin_model.progress.data": {
-        "en": "Data: {corrections_train} corrected photos for training, {corrections_holdout} held out for the gate, {not_flower} “not a flower” photos for rejection; skipped {skipped_unknown_label} with labels the model does not have and {skipped_missing_file} whose file is gone.",
-        "zh": "数据：{corrections_train} 张更正照片用于训练，{corrections_holdout} 张留作检验，{not_flower} 张“不是花”照片用于拒识；跳过 {skipped_unknown_label} 张标签不在模型中的照片和 {skipped_missing_file} 张文件已不存在的照片。",
+        "en": "Data: {corrections_train} corrected photos for training, {corrections_holdout} held out for the gate, {not_flower} “not a flower” and {unknown_species} “not in this list” photos for rejection; skipped {skipped_unknown_label} with labels the model does not have and {skipped_missing_file} whose file is gone.",
+        "zh": "数据：{corrections_train} 张更正照片用于训练，{corrections_holdout} 张留作检验，{not_flower} 张“不是花”和 {unknown_species} 张“不在列表中”照片用于拒识；跳过 {skipped_unknown_label} 张标签不在模型中的照片和 {skipped_missing_file} 张文件已不存在的照片。",
     },
     "admin_model.progress.features": {
         "en": "Backbone features: {done}/{total}",
@@ -89,6 +89,10 @@ MESSAGES: dict[str, dict[str, str]] = {
     "admin_model.result.holdout_empty": {
         "en": "No corrected photos were held out, so the gate used the base validation split only.",
         "zh": "没有留作检验的更正照片，因此只用基础验证集进行检验。",
+    },
+    "admin_model.result.negatives": {
+        "en": "Rejection threshold fitted with {not_flower} “not a flower” and {unknown_species} “not in this list” photos.",
+        "zh": "拒识阈值用 {not_flower} 张“不是花”和 {unknown_species} 张“不在列表中”照片拟合。",
     },
     "admin_model.result.caption": {
         "en": "Confusion matrix of {version} on the base validation split.",

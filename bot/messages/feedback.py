@@ -7,6 +7,7 @@ MESSAGES: dict[str, dict[str, str]] = {
     "feedback.button.pick": {"en": "✓ {name}", "zh": "✓ {name}"},
     "feedback.button.none_of_these": {"en": "None of these", "zh": "都不是"},
     "feedback.button.not_flower": {"en": "Not a flower", "zh": "不是花"},
+    "feedback.button.unknown_species": {"en": "Not in this list", "zh": "不在列表中"},
     "feedback.button.candidate": {"en": "{name} ({percent})", "zh": "{name}（{percent}）"},
     "feedback.button.more": {"en": "More…", "zh": "更多…"},
     "feedback.button.type_name": {"en": "Type the name", "zh": "输入名称"},
@@ -17,6 +18,10 @@ MESSAGES: dict[str, dict[str, str]] = {
     "feedback.recorded.confirmed": {"en": "Recorded: {name} ✓", "zh": "已记录：{name} ✓"},
     "feedback.recorded.corrected": {"en": "Recorded: {name} ✓ (corrected)", "zh": "已记录：{name} ✓（已更正）"},
     "feedback.recorded.not_flower": {"en": "Recorded: not a flower ✓", "zh": "已记录：不是花 ✓"},
+    "feedback.recorded.unknown_species": {
+        "en": "Recorded: a species not in my list ✓",
+        "zh": "已记录：不在列表中的花 ✓",
+    },
     # Short notices shown by answerCallbackQuery.
     "feedback.notice.recorded": {"en": "Thanks, recorded.", "zh": "谢谢，已记录。"},
     "feedback.notice.already_recorded": {"en": "Already recorded.", "zh": "已经记录过了。"},
@@ -33,6 +38,10 @@ MESSAGES: dict[str, dict[str, str]] = {
         "zh": "这个答案已不再保存，无法更正。",
     },
     "feedback.notice.no_more_candidates": {"en": "No more candidates.", "zh": "没有更多候选了。"},
+    "feedback.notice.all_listed": {
+        "en": "The answer already lists every species I know.",
+        "zh": "回答里已经列出了我认识的所有花。",
+    },
     "feedback.notice.type_name": {"en": "Type the species name.", "zh": "请输入花的名称。"},
     "feedback.notice.typing_cancelled": {"en": "Cancelled.", "zh": "已取消。"},
     "feedback.notice.failed": {
@@ -50,8 +59,10 @@ MESSAGES: dict[str, dict[str, str]] = {
         "zh": "与“{query}”相符的花。请点选正确的一个，或输入其他名称：",
     },
     "feedback.type_name.no_match": {
-        "en": "No species matches “{query}”. Type another name, or tap Cancel.",
-        "zh": "没有与“{query}”相符的花。请输入其他名称，或点“取消”。",
+        "en": "No species I know matches “{query}”. Type another name, tap “Not in this list” "
+        "if your flower is a species I do not know, or tap Cancel.",
+        "zh": "我认识的花中没有与“{query}”相符的。请输入其他名称；如果这种花我还不认识，请点“不在列表中”；"
+        "或点“取消”。",
     },
     "feedback.type_name.too_long": {
         "en": "That name is too long. Type at most {limit} characters.",
@@ -69,6 +80,10 @@ MESSAGES: dict[str, dict[str, str]] = {
     "history.confirmed": {"en": "you confirmed it", "zh": "你已确认"},
     "history.corrected": {"en": "you corrected it to {name}", "zh": "你更正为{name}"},
     "history.not_flower": {"en": "you marked it not a flower", "zh": "你标记为不是花"},
+    "history.unknown_species": {
+        "en": "you marked it a species not in my list",
+        "zh": "你标记为不在列表中的花",
+    },
     "history.no_feedback": {"en": "no feedback", "zh": "未反馈"},
     # /forget
     "forget.question": {
@@ -93,13 +108,14 @@ MESSAGES: dict[str, dict[str, str]] = {
     "stats.title": {"en": "flowerbot statistics", "zh": "flowerbot 统计"},
     "stats.totals": {
         "en": "Predictions: {predictions}\nWith feedback: {with_feedback} ({feedback_share})\n"
-        "Confirmed: {confirmed} · corrected: {corrected} · not a flower: {not_flower}",
+        "Confirmed: {confirmed} · corrected: {corrected} · not a flower: {not_flower} "
+        "· not in the list: {unknown_species}",
         "zh": "预测：{predictions}\n有反馈：{with_feedback}（{feedback_share}）\n"
-        "确认：{confirmed} · 更正：{corrected} · 不是花：{not_flower}",
+        "确认：{confirmed} · 更正：{corrected} · 不是花：{not_flower} · 不在列表中：{unknown_species}",
     },
     "stats.by_version.title": {
-        "en": "Accuracy by model version, by feedback:",
-        "zh": "各模型版本的准确率（据反馈）：",
+        "en": "Accuracy by model version, by feedback (a species not in the list counts as wrong):",
+        "zh": "各模型版本的准确率（据反馈；不在列表中的花算作答错）：",
     },
     "stats.by_version.line": {
         "en": "{version}: {accuracy} of {rated} rated ({predictions} predictions)",

@@ -10,7 +10,7 @@ from typing import Any, NamedTuple
 from sqlalchemy import and_, delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from storage.models import CORRECTION_KINDS, Correction, PendingInput, Prediction, utc_now
+from storage.models import CORRECTION_KINDS, LABELLESS_CORRECTION_KINDS, Correction, PendingInput, Prediction, utc_now
 from storage.repository.base import NotFoundError, NotOwnerError, RepositoryBase
 
 logger = logging.getLogger(__name__)
@@ -19,8 +19,8 @@ logger = logging.getLogger(__name__)
 class LabelledExample(NamedTuple):
     """A saved photo with the label users gave it, for retraining.
 
-    ``label`` is None for "not a flower" examples. ``created_at`` is when the
-    prediction was made.
+    ``label`` is None for "not a flower" and "unknown species" examples.
+    ``created_at`` is when the prediction was made.
     """
 
     image_path: str
@@ -33,9 +33,9 @@ class LabelledExample(NamedTuple):
 def _validate_correction(label: str | None, kind: str) -> None:
     if kind not in CORRECTION_KINDS:
         raise ValueError(f"correction kind must be one of {CORRECTION_KINDS}, got {kind!r}")
-    if kind == "not_flower" and label is not None:
-        raise ValueError(f"a 'not_flower' correction has no label, got {label!r}")
-    if kind != "not_flower" and not label:
+    if kind in LABELLESS_CORRECTION_KINDS and label is not None:
+        raise ValueError(f"a {kind!r} correction has no label, got {label!r}")
+    if kind not in LABELLESS_CORRECTION_KINDS and not label:
         raise ValueError(f"a {kind!r} correction needs a label (a class id)")
 
 
@@ -55,7 +55,8 @@ class CorrectionQueries(RepositoryBase):
         """Record the user's label for a prediction and make it the current one.
 
         ``kind`` is 'confirmed' or 'corrected' with a class id as ``label``,
-        or 'not_flower' with ``label=None``. The previous current correction
+        or 'not_flower' or 'unknown_species' (a flower of a species the model
+        does not have) with ``label=None``. The previous current correction
         stays as history. When the current correction already has this label
         and kind (a double tap), nothing changes and ``changed`` is False.
 
@@ -151,21 +152,25 @@ class CorrectionQueries(RepositoryBase):
     async def stats(self, *, max_pairs: int = 10) -> dict[str, Any]:
         """Summarize predictions and feedback for /stats.
 
-        Accuracy counts the current corrections that carry a label
-        (confirmed or corrected): a prediction is right when that label is its
-        top-1 class id, whatever its kind. 'not_flower' feedback is
-        counted apart and left out of accuracy. Returns::
+        Accuracy is ``correct / rated``. The rated predictions are those whose
+        current correction carries a label (confirmed or corrected, counted in
+        ``labelled``) or says 'unknown_species'. A labelled prediction is right
+        when the label is its top-1 class id, whatever its kind, and an
+        'unknown_species' one is always wrong, because the flower is none of
+        the model's classes. 'not_flower' feedback is counted apart and left out
+        of accuracy. Returns::
 
             {
               "predictions": int, "with_feedback": int, "feedback_share": float,
-              "feedback_by_kind": {"confirmed": int, "corrected": int, "not_flower": int},
-              "by_model": {version: {"predictions", "with_feedback", "labelled",
-                                     "correct", "not_flower", "accuracy" (float or None)}},
+              "feedback_by_kind": {"confirmed": int, "corrected": int, "not_flower": int,
+                                   "unknown_species": int},
+              "by_model": {version: {"predictions", "with_feedback", "labelled", "unknown_species",
+                                     "rated", "correct", "not_flower", "accuracy" (float or None)}},
               "confused_pairs": [{"predicted": class_id, "actual": label, "count": int}, ...],
             }
 
-        ``confused_pairs`` lists the ``max_pairs`` most frequent wrong top-1
-        answers, most frequent first.
+        ``confused_pairs`` lists the ``max_pairs`` most frequent (top-1, label)
+        pairs of wrong labelled predictions, most frequent first.
         """
 
         async def work(session: AsyncSession) -> dict[str, Any]:
@@ -179,6 +184,8 @@ class CorrectionQueries(RepositoryBase):
                     "predictions": count,
                     "with_feedback": 0,
                     "labelled": 0,
+                    "unknown_species": 0,
+                    "rated": 0,
                     "correct": 0,
                     "not_flower": 0,
                     "accuracy": None,
@@ -201,6 +208,10 @@ class CorrectionQueries(RepositoryBase):
                 if kind == "not_flower":
                     entry["not_flower"] += 1
                     continue
+                entry["rated"] += 1
+                if kind == "unknown_species":
+                    entry["unknown_species"] += 1
+                    continue
                 entry["labelled"] += 1
                 predicted = str(top_k[0]["class_id"]) if top_k else ""
                 if label == predicted:
@@ -209,8 +220,8 @@ class CorrectionQueries(RepositoryBase):
                     confused[(predicted, label)] += 1
 
             for entry in by_model.values():
-                if entry["labelled"]:
-                    entry["accuracy"] = entry["correct"] / entry["labelled"]
+                if entry["rated"]:
+                    entry["accuracy"] = entry["correct"] / entry["rated"]
 
             total = sum(entry["predictions"] for entry in by_model.values())
             with_feedback = sum(entry["with_feedback"] for entry in by_model.values())
@@ -261,3 +272,11 @@ class CorrectionQueries(RepositoryBase):
     async def not_flower_examples(self) -> list[LabelledExample]:
         """Return every prediction whose current correction is 'not_flower' (``label`` is None), oldest first."""
         return await self._examples("not_flower_examples", ("not_flower",))
+
+    async def unknown_species_examples(self) -> list[LabelledExample]:
+        """Return every prediction whose current correction is 'unknown_species' (``label`` is None), oldest first.
+
+        These photos show a flower of none of the model's classes. Retraining
+        uses them only as out-of-distribution examples, never as a class.
+        """
+        return await self._examples("unknown_species_examples", ("unknown_species",))
