@@ -3,7 +3,8 @@
 `choose_serving_bundle` picks the bundle the bot loads, so a model promoted by
 /retrain or chosen by /rollback keeps serving after a restart.
 `register_serving_bundle` brings the registry in line with the bundle that
-serves, and `clean_model_dir` removes what a crash left in the model directory.
+serves, `clean_model_dir` removes what a crash left in the model directory, and
+`prune_old_bundles` deletes old rejected and retired bundles.
 """
 
 from __future__ import annotations
@@ -61,6 +62,35 @@ def clean_model_dir(models_dir: Path) -> list[Path]:
                 logger.warning("restored bundle %s from %s, left by a crash between two renames", original, entry)
     for path in removed:
         logger.warning("removed %s, left in the model directory by an interrupted run or save", path)
+    return removed
+
+
+async def prune_old_bundles(repository: Repository, models_dir: Path, keep: int) -> list[str]:
+    """Delete the directories of rejected and retired bundles beyond the `keep` newest of each status.
+
+    Only directories inside `models_dir` are deleted, because a MODEL_PATH elsewhere
+    belongs to the operator, and never the serving bundle or the one /rollback returns
+    to. The registry rows stay as history. Returns the versions whose directory was deleted.
+    """
+    serving = await repository.serving_model()
+    previous = await repository.previous_model()
+    protected = {model.version for model in (serving, previous) if model is not None}
+    models = await repository.list_models()
+    root = models_dir.resolve()
+    removed: list[str] = []
+    for status in ("rejected", "retired"):
+        old = [model for model in models if model.status == status and model.version not in protected]
+        for model in old[: max(0, len(old) - keep)]:
+            path = Path(model.path).resolve()
+            if path.parent != root or not path.is_dir():
+                continue
+            try:
+                await asyncio.to_thread(shutil.rmtree, path)
+            except OSError as error:
+                logger.warning("could not delete the %s bundle %s at %s: %s", status, model.version, path, error)
+                continue
+            removed.append(model.version)
+            logger.info("deleted the %s bundle %s at %s (RETRAIN_KEEP_OLD_MODELS=%d)", status, model.version, path, keep)
     return removed
 
 

@@ -45,7 +45,7 @@ from telegram import Bot
 from telegram.error import BadRequest, Forbidden, TelegramError
 
 from bot.i18n import language_from_code, text
-from bot.model_registry import WORK_DIR_PREFIX, clean_model_dir, register_serving_bundle
+from bot.model_registry import WORK_DIR_PREFIX, clean_model_dir, prune_old_bundles, register_serving_bundle
 from bot.retrain_progress import (
     ProgressMessage,
     RunProgress,
@@ -456,6 +456,7 @@ class RetrainSupervisor:
         summary = "\n".join([headline, "", *gate_lines(decision, lang), negatives_line(result.get("data") or {}, lang)])
         await self._close_message(active, "done")
         await self._send_result(active, summary, result.get("confusion_png"), version)
+        await prune_old_bundles(self.repository, self.settings.models_dir, self.settings.retrain_keep_old_models)
 
     # Switching the serving model
 
@@ -643,6 +644,7 @@ async def start_retrain_supervisor(bot_context: BotContext, bot: Bot) -> Retrain
     await asyncio.to_thread(clean_model_dir, models_dir)
     stale = await bot_context.repository.fail_stale_retrain_runs()
     await register_serving_bundle(bot_context.repository, bot_context.service.bundle)
+    await prune_old_bundles(bot_context.repository, models_dir, bot_context.settings.retrain_keep_old_models)
     supervisor = RetrainSupervisor(bot_context, bot)
     bot_context.extras[RETRAIN_KEY] = supervisor
     for run in stale:

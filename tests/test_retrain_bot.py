@@ -246,7 +246,8 @@ async def test_retrain_promotes_and_rollback_returns(retrain_bot: StartBot, flow
 
 async def test_sabotaged_candidate_is_not_promoted(retrain_bot: StartBot, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FLOWERBOT_TESTING", "1")
-    bot, supervisor = await retrain_bot(train=3, val=4)
+    # With no old bundles kept, the rejected candidate's directory goes once the run ends.
+    bot, supervisor = await retrain_bot(train=3, val=4, retrain_keep_old_models=0)
     supervisor.sabotage = "negate_head"
     original = bot.context.service.version
 
@@ -260,6 +261,7 @@ async def test_sabotaged_candidate_is_not_promoted(retrain_bot: StartBot, monkey
     candidate = await bot.repository.get_model(run.candidate_version)
     assert candidate is not None
     assert candidate.status == "rejected"
+    assert not Path(candidate.path).exists()
     serving = await bot.repository.serving_model()
     assert serving is not None
     assert serving.version == original
