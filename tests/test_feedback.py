@@ -495,6 +495,38 @@ async def test_typed_name_with_typo(flowerbot: BotHarness) -> None:
     assert await corrections(flowerbot, prediction) == [("sunflowers", expected_kind, True)]
 
 
+async def test_typed_name_in_group(flowerbot: BotHarness) -> None:
+    alice = Chat(flowerbot, ALICE, GROUP)
+    bob = Chat(flowerbot, BOB, GROUP)
+    answer, prediction = await alice.photo(43)
+    await _start_typing(flowerbot, alice, answer, prediction)
+
+    # The prompt replies to Alice's photo with a selective ForceReply, so in a group with
+    # privacy mode her reply reaches the bot and only her reply field opens.
+    prompt_text = text("feedback.type_name.prompt", "en")
+    prompt = next(sent for sent in flowerbot.emulator.sent_messages(GROUP["id"]) if message_text(sent) == prompt_text)
+    assert prompt["reply_to_message"]["message_id"] == prediction.message_id
+    # Telegram leaves a ForceReply out of the returned message, so the request shows it.
+    request = next(call for call in flowerbot.emulator.calls_to("sendMessage") if call.params.get("text") == prompt_text)
+    assert request.params["reply_markup"]["force_reply"] is True
+    assert request.params["reply_markup"]["selective"] is True
+
+    # Bob's text in the group is not taken as a name for Alice's photo.
+    flowerbot.emulator.send_text(bob.user, bob.chat, "tulips")
+    await flowerbot.wait_idle()
+    assert await corrections(flowerbot, prediction) == []
+    assert await flowerbot.repository.get_pending_input(BOB["id"], GROUP["id"]) is None
+
+    sent = flowerbot.emulator.send_text(alice.user, alice.chat, "tulpis", reply_to=prompt)
+    matches = copy.deepcopy(await flowerbot.emulator.wait_for_reply(sent))
+    assert message_text(matches).startswith("Species matching “tulpis”")
+    pick = button(flowerbot, matches, prediction, Action.PICK, class_index("tulips"))
+    assert await bob.press(matches, pick) == notice("feedback.notice.only_sender")
+    assert await alice.press(matches, pick) == notice("feedback.notice.recorded")
+    assert [label for label, _kind, _current in await corrections(flowerbot, prediction)] == ["tulips"]
+    assert await flowerbot.repository.get_pending_input(ALICE["id"], GROUP["id"]) is None
+
+
 async def test_typed_name_in_chinese(flowerbot: BotHarness) -> None:
     alice = Chat(flowerbot, ALICE)
     answer, prediction = await alice.photo(16)
