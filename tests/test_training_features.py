@@ -91,8 +91,9 @@ def test_extracted_features_match_a_direct_forward(tmp_path):
     model.freeze_backbone()
     views = SeededViews(splits.train, train_preset(recipe), seed=4)
     keys = [(0, 0), (1, 1), (1, 0)]
-    features = extract_features(model, views, keys, device=torch.device("cpu"), precision="fp32", batch_size=2, workers=0, show_progress_bar=False)
-    assert features.shape == (3, 768)
+    rows = extract_features(model, views, keys, device=torch.device("cpu"), precision="fp32", batch_size=2, workers=0, show_progress_bar=False)
+    assert rows.values.shape == (3, 768)
+    assert rows.readable.tolist() == [True, True, True]
     with torch.no_grad():
         direct = model.forward_features(torch.stack([views[key][0] for key in keys]))
-    assert torch.allclose(features, direct, atol=1e-5)
+    assert torch.allclose(rows.values, direct, atol=1e-5)

@@ -58,6 +58,15 @@ def _add_data_options(parser: argparse.ArgumentParser, *, required: bool) -> Non
     )
 
 
+def _add_strict_data_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--strict-data",
+        action="store_true",
+        help="stop at the first image file that cannot be read or decoded (default: check every file first, "
+        "skip the unreadable ones with a warning and count them in the output)",
+    )
+
+
 def _data_spec(args: argparse.Namespace):
     from training.data import DataSpec
 
@@ -131,6 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="image file or directory of photos that are not flowers; they set the OOD threshold (repeatable)",
     )
     train.add_argument("--progress-json", action="store_true", help="print progress events as JSON lines on stdout (logs stay on stderr)")
+    _add_strict_data_option(train)
     _add_common_options(train)
     _add_recipe_options(train)
 
@@ -146,6 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--out", metavar="DIR", help="directory for report.json and confusion.png (default: MODEL-eval-SPLIT beside the bundle)")
     evaluate.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default: 64)")
     evaluate.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"), help="autocast precision (default: auto)")
+    _add_strict_data_option(evaluate)
     _add_common_options(evaluate)
 
     export = commands.add_parser(
@@ -217,6 +228,7 @@ def _run_train(args: argparse.Namespace) -> int:
             resume=args.resume,
             device=args.device,
             show_progress_bar=not args.no_progress_bar,
+            strict_data=args.strict_data,
         )
     finally:
         import torch.distributed as dist
@@ -241,14 +253,20 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         precision=args.precision,
         show_progress_bar=not args.no_progress_bar,
         limit_per_class=args.limit_per_class,
+        strict_data=args.strict_data,
     )
-    print(json.dumps({key: report[key] for key in ("top1", "top5", "samples", "report", "confusion_png")}, indent=2))
+    summary = ("top1", "top5", "samples", "skipped_images", "report", "confusion_png")
+    print(json.dumps({key: report[key] for key in summary}, indent=2))
     return 0
 
 
 def _run_export(args: argparse.Namespace) -> int:
+    from training.engine import resolve_device
     from training.export import export_bundle
 
+    # NOTE: export_bundle traces and checks every export on the CPU. --device is
+    # only validated here, so that an unusable value fails as in the other commands.
+    resolve_device(args.device)
     formats = [name.strip() for name in args.formats.split(",") if name.strip()]
     exports = export_bundle(
         args.model,

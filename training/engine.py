@@ -22,6 +22,7 @@ from torch.utils.data import Sampler, WeightedRandomSampler
 
 from classifier.backends.torch_backend import cpu_has_bf16
 from training.distributed import DistributedContext
+from training.errors import InputError
 from training.recipe import Recipe
 
 logger = logging.getLogger(__name__)
@@ -41,10 +42,43 @@ def check_cancelled(should_stop: Callable[[], bool] | None) -> None:
 
 
 def resolve_device(requested: str = "auto") -> torch.device:
-    """Return CUDA when present for 'auto', else the requested device."""
+    """Return CUDA when present for 'auto', else the requested device.
+
+    Raises InputError for a device string torch does not parse, and for a
+    CUDA device that this machine lacks, before any tensor is moved there.
+    """
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(requested)
+    try:
+        device = torch.device(requested)
+    except RuntimeError:
+        raise InputError(f"invalid --device {requested!r}; expected auto, cpu, cuda or cuda:N") from None
+    if device.type != "cuda":
+        return device
+    if not torch.cuda.is_available():
+        raise InputError(
+            f"--device {requested} was requested but CUDA is not available ({cuda_unavailable_reason()}); "
+            f"use --device cpu or auto"
+        )
+    count = torch.cuda.device_count()
+    if device.index is not None and device.index >= count:
+        raise InputError(
+            f"--device {requested} was requested but this machine has {count} CUDA device(s), "
+            f"numbered from 0; use --device cuda:0 to cuda:{count - 1}, cpu or auto"
+        )
+    return device
+
+
+def cuda_unavailable_reason() -> str:
+    """Return why CUDA cannot be used, in one sentence, for a machine where `torch.cuda.is_available()` is false."""
+    if torch.version.cuda is None and getattr(torch.version, "hip", None) is None:
+        return f"PyTorch {torch.__version__} was built without CUDA support"
+    try:
+        torch.cuda.init()
+    except (RuntimeError, AssertionError) as error:
+        # torch's messages run on with a driver download link; its first sentence is the reason.
+        return str(error).split(". ")[0].strip().rstrip(".") or type(error).__name__
+    return "torch.cuda.is_available() returned false"
 
 
 def resolve_precision(requested: str, device: torch.device) -> str:

@@ -27,8 +27,21 @@ from classifier.bundle import Bundle
 from classifier.labels import LabelSet
 from classifier.preprocess import Preprocessing, to_array
 from training.calibration import expected_calibration_error, negative_log_likelihood, ood_scores
-from training.data import DataSpec, ImageSamples, Sample, load_splits, resolve_examples
+from training.data import (
+    DataSpec,
+    ImageDataError,
+    ImageSamples,
+    Sample,
+    SkippedImages,
+    UnreadableImage,
+    drop_unreadable,
+    find_unreadable_images,
+    load_splits,
+    raise_unreadable,
+    resolve_examples,
+)
 from training.engine import resolve_device, resolve_precision, resolve_workers, topk_correct
+from training.errors import InputError
 from training.features import predict_logits
 
 logger = logging.getLogger(__name__)
@@ -67,6 +80,33 @@ def recorded_data_spec(bundle: Bundle) -> DataSpec | None:
     return DataSpec.from_dict(recorded) if isinstance(recorded, dict) and recorded.get("source") else None
 
 
+def check_recorded_source(spec: DataSpec, bundle: Bundle) -> None:
+    """Raise InputError when the data directory a bundle records is not a directory from here.
+
+    Bundles written before sources were recorded as absolute paths may hold a
+    path relative to the directory training ran in. Such a path is read from
+    the current directory when it exists there, with a warning.
+    """
+    if spec.is_flowers102:
+        return
+    source = Path(spec.source)
+    if source.is_dir():
+        if not source.is_absolute():
+            logger.warning(
+                "bundle %s records its data as the relative path %s; reading it from the current directory %s",
+                bundle.version,
+                spec.source,
+                Path.cwd(),
+            )
+        return
+    if not source.is_absolute():
+        raise InputError(
+            f"bundle {bundle.path} records its data as the relative path {spec.source!r}, "
+            f"which is not a directory from {Path.cwd()}; pass --data with the data directory"
+        )
+    raise InputError(f"bundle {bundle.path} records its data as {spec.source}, which does not exist; pass --data with the data directory")
+
+
 def evaluate_bundle(
     model: str | os.PathLike | Bundle,
     data: DataSpec | str | None = None,
@@ -80,6 +120,7 @@ def evaluate_bundle(
     workers: int = -1,
     show_progress_bar: bool = True,
     limit_per_class: int | None = None,
+    strict_data: bool = False,
 ) -> dict[str, Any]:
     """Evaluate a bundle on a split of `data`, or on labelled `examples`, and write the report.
 
@@ -91,10 +132,13 @@ def evaluate_bundle(
       given, `data` and `split` are ignored.
     - `out`: directory for report.json and confusion.png; default
       `<bundle>-eval-<split>` beside the bundle.
+    - `strict_data`: stop with ImageDataError at the first image that cannot
+      be read or decoded, instead of leaving it out of the report.
 
-    Returns the report: `top1`, `top5`, `samples`, `per_class` (index, id,
-    name, samples, correct, accuracy), `confusion` (rows are true classes),
-    `nll`, `ece` (calibrated), `ood_reject_rate`, and the written paths.
+    Returns the report: `top1`, `top5`, `samples`, `skipped_images`,
+    `per_class` (index, id, name, samples, correct, accuracy), `confusion`
+    (rows are true classes), `nll`, `ece` (calibrated), `ood_reject_rate`,
+    and the written paths.
     """
     bundle = model if isinstance(model, Bundle) else Bundle.load(model)
     if bundle.path is None:
@@ -114,6 +158,7 @@ def evaluate_bundle(
         else:
             spec = recorded_data_spec(bundle)
             if spec is not None:
+                check_recorded_source(spec, bundle)
                 spec = dataclasses.replace(spec, limit_per_class=limit_per_class)
         if spec is None:
             raise ValueError(f"bundle {bundle.path} records no training data; pass --data DIR or flowers102")
@@ -123,24 +168,50 @@ def evaluate_bundle(
     if not samples:
         raise ValueError(f"no images to evaluate in {source} ({split})")
 
+    # Every image is decoded once before the model runs, and unreadable ones are left out.
+    loader_workers = resolve_workers(workers)
+    skipped = SkippedImages()
+    unreadable = find_unreadable_images([sample.path for sample in samples], threads=max(1, loader_workers))
+    samples = drop_unreadable({split: samples}, unreadable, strict=strict_data, skipped=skipped)[split]
+    skipped.log_summary()
+    if not samples:
+        raise ImageDataError(f"none of the {len(skipped)} images to evaluate in {source} ({split}) could be read")
+
     out_dir = Path(out) if out is not None else bundle.path.parent / f"{bundle.path.name}-eval-{split}"
     logger.info("evaluating bundle %s on %d images of %s (%s) into %s", bundle.version, len(samples), source, split, out_dir)
 
+    def skip_during_run(image: UnreadableImage) -> None:
+        skipped.add(image, "during_run")
+
     network = bundle.build_torch_model().to(torch_device)
-    logits = predict_logits(
+    rows = predict_logits(
         network,
-        ImageSamples(samples, ServingTransform(bundle.preprocessing)),
+        ImageSamples(samples, ServingTransform(bundle.preprocessing), mark_unreadable=True),
         list(range(len(samples))),
         device=torch_device,
         precision=resolved_precision,
         batch_size=batch_size,
-        workers=resolve_workers(workers),
+        workers=loader_workers,
         show_progress_bar=show_progress_bar,
         description=f"evaluate {split}",
+        on_unreadable=raise_unreadable if strict_data else skip_during_run,
     )
-    labels = torch.tensor([sample.label for sample in samples], dtype=torch.long)
-    report = build_report(logits, labels, bundle)
-    report.update({"model": str(bundle.path), "version": bundle.version, "data": source, "split": split, "precision": resolved_precision})
+    if not bool(rows.readable.any()):
+        raise ImageDataError(f"no image of {source} ({split}) could be read during the evaluation")
+    if skipped.by_source["during_run"]:
+        skipped.log_summary()
+    labels = torch.tensor([sample.label for sample in samples], dtype=torch.long)[rows.readable]
+    report = build_report(rows.readable_values(), labels, bundle)
+    report.update(
+        {
+            "model": str(bundle.path),
+            "version": bundle.version,
+            "data": source,
+            "split": split,
+            "precision": resolved_precision,
+            "skipped_images": len(skipped),
+        }
+    )
 
     out_dir.mkdir(parents=True, exist_ok=True)
     image = draw_confusion_matrix(

@@ -21,12 +21,14 @@ import logging
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from training.distributed import DistributedContext, gather_sharded
+from training.data import UnreadableImage, collate_readable, raise_unreadable
+from training.distributed import DistributedContext, all_gather_objects, gather_sharded
 from training.engine import (
     EpochAccumulator,
     EpochSampler,
@@ -45,6 +47,36 @@ logger = logging.getLogger(__name__)
 CACHE_FORMAT = 1
 
 
+class Rows(NamedTuple):
+    """Outputs of `run_batches`, one row per key in key order.
+
+    `values` is float32 on the CPU. Rows whose image could not be read are NaN,
+    and `readable` (bool, one flag per key) marks the others.
+    """
+
+    values: torch.Tensor
+    readable: torch.Tensor
+
+    def readable_values(self) -> torch.Tensor:
+        """Return the rows of readable images only."""
+        return self.values[self.readable]
+
+
+def _row_shape(outputs: list[tuple[torch.Tensor, torch.Tensor | None]]) -> tuple[int, ...] | None:
+    """Return the shape of one output row, or None when no batch had a readable image."""
+    return next((tuple(values.shape[1:]) for _, values in outputs if values is not None), None)
+
+
+def _fill_rows(outputs: list[tuple[torch.Tensor, torch.Tensor | None]], row_shape: tuple[int, ...] | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Place each batch's outputs at its readable positions and NaN elsewhere; return (values, readable)."""
+    readable = torch.cat([flags for flags, _ in outputs]) if outputs else torch.empty(0, dtype=torch.bool)
+    values = torch.full((len(readable), *(row_shape or (0,))), float("nan"), dtype=torch.float32)
+    computed = [batch for _, batch in outputs if batch is not None]
+    if computed:
+        values[readable] = torch.cat(computed)
+    return values, readable
+
+
 @torch.inference_mode()
 def run_batches(
     forward: Callable[[torch.Tensor], torch.Tensor],
@@ -59,11 +91,14 @@ def run_batches(
     show_progress_bar: bool = True,
     description: str = "features",
     should_stop: Callable[[], bool] | None = None,
-) -> torch.Tensor:
+    on_unreadable: Callable[[UnreadableImage], None] = raise_unreadable,
+) -> Rows:
     """Return `forward(images)` for every dataset key, as float32 rows on the CPU in key order.
 
-    Across processes each rank computes every world_size-th key and the rows
-    are gathered on every rank.
+    A dataset built with `mark_unreadable=True` reports images that fail to
+    load to `on_unreadable`, and their rows are NaN. The default handler
+    raises `ImageDataError`. Across processes each rank computes every
+    world_size-th key and the rows are gathered on every rank.
     """
     context = context or DistributedContext()
     local_keys = list(keys)[context.rank :: context.world_size]
@@ -73,23 +108,34 @@ def run_batches(
         sampler=local_keys,
         num_workers=workers,
         pin_memory=device.type == "cuda",
+        collate_fn=collate_readable,
     )
-    rows: list[torch.Tensor] = []
+    outputs: list[tuple[torch.Tensor, torch.Tensor | None]] = []
     done = 0
     total = len(keys)
     batches = progress_bar(loader, total=len(loader), desc=description, enabled=show_progress_bar and context.is_main)
-    for images, _ in batches:
+    for batch in batches:
         check_cancelled(should_stop)
-        rows.append(forward(images.to(device, non_blocking=True)).float().cpu())
-        done += len(images) * context.world_size
+        for failure in batch.failures:
+            on_unreadable(failure)
+        values = None
+        if batch.images is not None:
+            values = forward(batch.images.to(device, non_blocking=True)).float().cpu()
+        outputs.append((batch.readable, values))
+        done += len(batch.readable) * context.world_size
         if reporter is not None:
             reporter.step(description, min(done, total), total)
-    local = torch.cat(rows) if rows else torch.empty((0, 0))
-    return gather_sharded(context, len(keys), local)
+    row_shape = _row_shape(outputs)
+    if not context.enabled:
+        return Rows(*_fill_rows(outputs, row_shape))
+    # A rank that read no image takes the row shape from the others, so that the pieces fit together.
+    row_shape = next((shape for shape in all_gather_objects(context, row_shape) if shape is not None), None)
+    values, readable = _fill_rows(outputs, row_shape)
+    return Rows(gather_sharded(context, len(keys), values), gather_sharded(context, len(keys), readable))
 
 
-def extract_features(model: nn.Module, dataset: Dataset, keys: Sequence, *, device: torch.device, precision: str, **options) -> torch.Tensor:
-    """Return pooled backbone features (len(keys), 768) of the dataset items named by `keys`, backbone in eval mode."""
+def extract_features(model: nn.Module, dataset: Dataset, keys: Sequence, *, device: torch.device, precision: str, **options) -> Rows:
+    """Return `Rows` of pooled backbone features (len(keys), 768) for the items named by `keys`, backbone in eval mode."""
     was_training = model.training
     model.eval()
     try:
@@ -104,8 +150,8 @@ def extract_features(model: nn.Module, dataset: Dataset, keys: Sequence, *, devi
         model.train(was_training)
 
 
-def predict_logits(model: nn.Module, dataset: Dataset, keys: Sequence, *, device: torch.device, precision: str, **options) -> torch.Tensor:
-    """Return logits (len(keys), C) in eval mode: backbone under autocast, head in float32 as on cached features."""
+def predict_logits(model: nn.Module, dataset: Dataset, keys: Sequence, *, device: torch.device, precision: str, **options) -> Rows:
+    """Return `Rows` of logits (len(keys), C) in eval mode: backbone under autocast, head in float32 as on cached features."""
     was_training = model.training
     model.eval()
     try:

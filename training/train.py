@@ -46,14 +46,24 @@ from training import checkpoint as checkpoints
 from training.calibration import fit_calibration, fit_ood
 from training.data import (
     DataSpec,
+    ImageDataError,
     ImageSamples,
     InMemoryImages,
+    ReadableBatches,
     Sample,
     SeededViews,
+    SkippedImages,
+    Splits,
+    UnreadableImage,
+    check_classes_left,
+    collate_readable,
+    drop_unreadable,
+    find_unreadable_images,
     load_splits,
+    raise_unreadable,
     resolve_examples,
 )
-from training.distributed import DistributedContext, barrier, init_distributed
+from training.distributed import DistributedContext, all_gather_objects, barrier, init_distributed
 from training.engine import (
     EarlyStopping,
     EpochSampler,
@@ -70,7 +80,7 @@ from training.engine import (
     train_plain_epoch,
 )
 from training.errors import InputError
-from training.features import FeatureCache, cache_fingerprint, extract_features, head_logits, predict_logits, train_head_epoch
+from training.features import FeatureCache, Rows, cache_fingerprint, extract_features, head_logits, predict_logits, train_head_epoch
 from training.presets import eval_preset, train_preset
 from training.progress import ProgressCallback, ProgressReporter
 from training.recipe import Recipe
@@ -271,6 +281,9 @@ class Run:
     resume_state: dict[str, Any] | None
     should_stop: Callable[[], bool] | None
     show_progress_bar: bool
+    skipped: SkippedImages
+    strict_data: bool
+    data_source: str
 
     @property
     def loader_options(self) -> dict[str, Any]:
@@ -283,7 +296,31 @@ class Run:
             "should_stop": self.should_stop,
             "device": self.device,
             "precision": self.precision,
+            "on_unreadable": self.on_unreadable,
         }
+
+    def on_unreadable(self, image: UnreadableImage) -> None:
+        """Handle an image that fails to load during the run: stop with `strict_data`, else skip it."""
+        if self.strict_data:
+            raise_unreadable(image)
+        self.skipped.add(image, "during_run")
+
+    def keep_samples(self, *, train: torch.Tensor | None = None, val: torch.Tensor | None = None) -> None:
+        """Drop the training and validation samples whose flag is false, after images failed during the run.
+
+        Raises ImageDataError when a class is left without training images or
+        the validation split is left empty.
+        """
+        if train is not None and not bool(train.all()):
+            self.train_samples = [sample for sample, keep in zip(self.train_samples, train.tolist()) if keep]
+            check_classes_left(self.train_samples, self.labels, skipped=len(self.skipped), where=self.data_source)
+            if self.sample_weights is not None:
+                self.sample_weights = sample_weights([sample.label for sample in self.train_samples], len(self.labels))
+        if val is not None and not bool(val.all()):
+            if not bool(val.any()):
+                raise ImageDataError(f"no validation image of {self.data_source} could be read during the run")
+            self.val_samples = [sample for sample, keep in zip(self.val_samples, val.tolist()) if keep]
+            self.val_labels = self.val_labels[val]
 
     def sampler(self, cached_views: int | None) -> EpochSampler:
         return EpochSampler(
@@ -312,7 +349,11 @@ class Run:
 
 
 def load_or_extract_features(run: Run) -> FeatureCache:
-    """Return the feature cache: read from `features.pt` when its fingerprint matches, else computed and saved."""
+    """Return the feature cache: read from `features.pt` when its fingerprint matches, else computed and saved.
+
+    A sample whose image fails to load during extraction is dropped from the
+    run, and the saved cache is fingerprinted without it.
+    """
     recipe, model = run.recipe, run.model
     fingerprint = cache_fingerprint(model, run.train_samples, run.val_samples, recipe, run.precision)
     cache = FeatureCache.load(run.features_path, fingerprint)
@@ -320,15 +361,22 @@ def load_or_extract_features(run: Run) -> FeatureCache:
         logger.info("reusing cached features from %s", run.features_path)
         return cache
 
-    views = SeededViews(run.train_samples, train_preset(recipe), recipe.seed)
+    views = SeededViews(run.train_samples, train_preset(recipe), recipe.seed, mark_unreadable=True)
     train_keys = [(index, view) for index in range(len(run.train_samples)) for view in range(recipe.views)]
-    train_features = extract_features(model, views, train_keys, reporter=run.reporter, description="features", **run.loader_options)
-    val_images = ImageSamples(run.val_samples, eval_preset(recipe))
-    val_features = extract_features(model, val_images, list(range(len(run.val_samples))), description="val features", **run.loader_options)
+    train_rows = extract_features(model, views, train_keys, reporter=run.reporter, description="features", **run.loader_options)
+    val_images = ImageSamples(run.val_samples, eval_preset(recipe), mark_unreadable=True)
+    val_rows = extract_features(model, val_images, list(range(len(run.val_samples))), description="val features", **run.loader_options)
+
+    # A training sample stays only when all K of its views were read.
+    count = len(run.train_samples)
+    train_readable = train_rows.readable.view(count, recipe.views).all(dim=1)
+    if not (bool(train_readable.all()) and bool(val_rows.readable.all())):
+        run.keep_samples(train=train_readable, val=val_rows.readable)
+        fingerprint = cache_fingerprint(model, run.train_samples, run.val_samples, recipe, run.precision)
     cache = FeatureCache(
-        train=train_features.view(len(run.train_samples), recipe.views, -1),  # (N, K, 768)
+        train=train_rows.values.view(count, recipe.views, -1)[train_readable],  # (N, K, 768)
         train_labels=torch.tensor([sample.label for sample in run.train_samples], dtype=torch.long),
-        val=val_features,  # (M, 768)
+        val=val_rows.readable_values(),  # (M, 768)
         val_labels=run.val_labels,
         fingerprint=fingerprint,
     )
@@ -380,21 +428,23 @@ def train_on_images(run: Run) -> tuple[dict[str, Any], torch.Tensor]:
         trained = wrap_distributed(trained_module, run.context, run.device)
         sampler = run.sampler(cached_views=recipe.views if recipe.fixed_views else None)
         loader = DataLoader(
-            SeededViews(run.train_samples, train_preset(recipe), recipe.seed),
+            SeededViews(run.train_samples, train_preset(recipe), recipe.seed, mark_unreadable=True),
             batch_size=recipe.batch_size,
             sampler=sampler,
             num_workers=run.workers,
             pin_memory=run.device.type == "cuda",
+            collate_fn=collate_readable,
         )
+        batches = ReadableBatches(loader, run.on_unreadable)
         optimizer = build_optimizer(trained_module, recipe)
         scheduler = build_scheduler(optimizer, recipe, len(loader))
-        val_images = ImageSamples(run.val_samples, eval_preset(recipe))
+        val_images = ImageSamples(run.val_samples, eval_preset(recipe), mark_unreadable=True)
         val_keys = list(range(len(run.val_samples)))
 
         def run_epoch(epoch: int) -> EpochStats:
             return train_plain_epoch(
                 model,
-                loader,
+                batches,
                 trained=trained,
                 optimizer=optimizer,
                 scheduler=scheduler,
@@ -408,11 +458,18 @@ def train_on_images(run: Run) -> tuple[dict[str, Any], torch.Tensor]:
                 description=f"epoch {epoch + 1}",
             )
 
-        def val_logits() -> torch.Tensor:
+        def val_rows() -> Rows:
             return predict_logits(model, val_images, val_keys, description="val", **run.loader_options)
 
-        result = run.fit(trained_module, run_epoch, lambda: validation_metrics(val_logits(), run.val_labels), optimizer, scheduler, sampler)
-        return result, val_logits()
+        def validate() -> tuple[float, float]:
+            # An image that fails in one epoch is left out of that epoch's accuracy only.
+            rows = val_rows()
+            return validation_metrics(rows.readable_values(), run.val_labels[rows.readable])
+
+        result = run.fit(trained_module, run_epoch, validate, optimizer, scheduler, sampler)
+        final = val_rows()
+        run.keep_samples(val=final.readable)
+        return result, final.readable_values()
 
 
 def calibrate(run: Run, val_logits: torch.Tensor, non_flower_paths: list[Path]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -423,13 +480,14 @@ def calibrate(run: Run, val_logits: torch.Tensor, non_flower_paths: list[Path]) 
 
     non_flower_logits = None
     if non_flower_paths:
-        photos = ImageSamples([Sample(path, -1) for path in non_flower_paths], eval_transform)
-        non_flower_logits = predict_logits(run.model, photos, list(range(len(photos))), description="non-flower", **run.loader_options)
+        photos = ImageSamples([Sample(path, -1) for path in non_flower_paths], eval_transform, mark_unreadable=True)
+        rows = predict_logits(run.model, photos, list(range(len(photos))), description="non-flower", **run.loader_options)
+        non_flower_logits = rows.readable_values() if bool(rows.readable.any()) else None
 
     synthetic_logits = None
     if recipe.ood_synthetic > 0:
         images = InMemoryImages(synthetic_non_flowers(recipe.ood_synthetic, seed=recipe.seed), eval_transform)
-        synthetic_logits = predict_logits(run.model, images, list(range(len(images))), description="synthetic", **run.loader_options)
+        synthetic_logits = predict_logits(run.model, images, list(range(len(images))), description="synthetic", **run.loader_options).values
 
     ood = fit_ood(
         val_logits,
@@ -455,6 +513,7 @@ def train(
     resume: bool = False,
     device: str = "auto",
     show_progress_bar: bool = True,
+    strict_data: bool = False,
 ) -> Bundle:
     """Train a model and write its bundle to `out`; return the bundle.
 
@@ -472,8 +531,15 @@ def train(
       raises `TrainingCancelled` and writes no bundle.
     - `non_flower_examples`: image paths of photos people marked as not a
       flower; they set the OOD threshold.
+    - `strict_data`: stop with ImageDataError at the first image file that
+      cannot be read or decoded. By default every file is checked before
+      training and unreadable ones are skipped, as are images that fail to
+      load later in the run. The bundle's metrics count them.
+
+    The bundle records the data directory as an absolute path.
     """
     spec = data_spec if isinstance(data_spec, DataSpec) else DataSpec(source=str(data_spec))
+    spec = spec.with_absolute_paths()
     out = Path(out)
     check_out_dir(out, resume=resume)
     started = time.monotonic()
@@ -497,10 +563,24 @@ def train(
     seed_everything(recipe.seed)
 
     # Data: the base splits plus the extra labelled photos, which only train.
+    # Every image file is decoded once here, and unreadable ones are left out.
     reporter.phase("load_data")
+    skipped = SkippedImages()
     with timed(timings, "load_data"):
         splits = load_splits(spec)
         extra = resolve_examples(extra_examples or [], splits.labels)
+        non_flower_paths = [Path(path) for path in (non_flower_examples or [])]
+        splits, extra, non_flower_paths = screen_training_data(
+            splits,
+            extra,
+            non_flower_paths,
+            strict=strict_data,
+            threads=max(1, workers),
+            context=context,
+            skipped=skipped,
+            where=spec.source,
+        )
+        skipped_before_run = len(skipped)
         train_samples = splits.train + extra
         if extra:
             logger.info("added %d extra labelled photos to the training split", len(extra))
@@ -549,6 +629,9 @@ def train(
         resume_state=resume_state,
         should_stop=should_stop,
         show_progress_bar=show_progress_bar,
+        skipped=skipped,
+        strict_data=strict_data,
+        data_source=spec.source,
     )
     if recipe.uses_feature_cache:
         result, val_logits = train_on_cached_features(run)
@@ -558,7 +641,9 @@ def train(
     # Calibration and OOD rejection on the best weights' validation logits.
     reporter.phase("calibrate")
     with timed(timings, "calibrate"):
-        calibration, ood = calibrate(run, val_logits, [Path(path) for path in (non_flower_examples or [])])
+        calibration, ood = calibrate(run, val_logits, non_flower_paths)
+    if len(skipped) > skipped_before_run:
+        skipped.log_summary()
 
     val_top1, val_top5 = validation_metrics(val_logits, run.val_labels)
     metrics = {
@@ -569,9 +654,11 @@ def train(
         "epochs_run": result["epochs_run"],
         "stopped_early": result["stopped_early"],
         "history": result["history"],
-        "train_samples": len(train_samples),
+        "train_samples": len(run.train_samples),
         "extra_samples": len(extra),
-        "val_samples": len(splits.val),
+        "val_samples": len(run.val_samples),
+        "skipped_images": len(skipped),
+        "skipped_images_by_source": skipped.to_dict(),
         "timings_s": timings,
     }
     execution = {
@@ -604,6 +691,53 @@ def train(
     logger.info("val top-1 %.4f, top-5 %.4f; bundle %s written to %s in %.1f s", val_top1, val_top5, bundle.version, out, total)
     reporter.emit("done", out=str(out), version=bundle.version, val_acc=val_top1, val_top5=val_top5, epochs_run=result["epochs_run"], seconds=total)
     return bundle
+
+
+def find_unreadable_shared(paths: list[Path], *, threads: int, context: DistributedContext) -> list[UnreadableImage]:
+    """Check each image file once, every rank a share of them; return all failures, in the order of `paths`, on every rank."""
+    unique = list(dict.fromkeys(paths))
+    local = find_unreadable_images(unique[context.rank :: context.world_size], threads=threads)
+    found = {image.path: image for part in all_gather_objects(context, local) for image in part}
+    return [found[path] for path in unique if path in found]
+
+
+def screen_training_data(
+    splits: Splits,
+    extra: list[Sample],
+    non_flower_paths: list[Path],
+    *,
+    strict: bool,
+    threads: int,
+    context: DistributedContext,
+    skipped: SkippedImages,
+    where: str,
+) -> tuple[Splits, list[Sample], list[Path]]:
+    """Decode every training, validation, extra and non-flower image once, and leave out the unreadable ones.
+
+    Raises ImageDataError at the first unreadable file with `strict`, and
+    when the files left give a class no training image or leave the
+    validation split empty.
+    """
+    groups = {
+        "train": splits.train,
+        "val": splits.val,
+        "extra": extra,
+        "non_flower": [Sample(path, -1) for path in non_flower_paths],
+    }
+    paths = [sample.path for samples in groups.values() for sample in samples]
+    started = time.monotonic()
+    unreadable = find_unreadable_shared(paths, threads=threads, context=context)
+    logger.info("checked %d image files in %.1f s: %d unreadable", len(set(paths)), time.monotonic() - started, len(unreadable))
+    if not unreadable:
+        return splits, extra, non_flower_paths
+
+    remaining = drop_unreadable(groups, unreadable, strict=strict, skipped=skipped)
+    skipped.log_summary()
+    check_classes_left(remaining["train"] + remaining["extra"], splits.labels, skipped=len(skipped), where=where)
+    if not remaining["val"]:
+        raise ImageDataError(f"after skipping {len(skipped)} unreadable images, the validation split of {where} is empty")
+    splits = dataclasses.replace(splits, train=remaining["train"], val=remaining["val"])
+    return splits, remaining["extra"], [sample.path for sample in remaining["non_flower"]]
 
 
 def check_out_dir(out: Path, *, resume: bool) -> None:
