@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 from telegram import InlineKeyboardButton, InlineKeyboardMarkup
 
-from bot.callbacks import Action, CallbackSigner, get_signer, prediction_binding
+from bot.callbacks import Action, CallbackSigner, InvalidCallback, get_signer, prediction_binding
+from bot.callbacks import parse as parse_callback
 from bot.i18n import text
 
 if TYPE_CHECKING:
@@ -31,11 +32,53 @@ def register_answer_rows(builder: AnswerRowsBuilder) -> None:
         _answer_row_builders.append(builder)
 
 
-def _extra_rows(bot_context: BotContext, prediction: Any, lang: str) -> list[list[InlineKeyboardButton]]:
+def _extra_rows(bot_context: BotContext, prediction: Any, lang: str, correction: Any = None) -> list[list[InlineKeyboardButton]]:
     rows: list[list[InlineKeyboardButton]] = []
     for builder in _answer_row_builders:
         rows.extend(list(row) for row in builder(bot_context, prediction, lang))
+    if correction is not None:
+        rows = _about_recorded_species(bot_context, prediction, lang, rows, correction)
     return rows
+
+
+def _about_recorded_species(
+    bot_context: BotContext, prediction: Any, lang: str, rows: list[list[InlineKeyboardButton]], correction: Any
+) -> list[list[InlineKeyboardButton]]:
+    """Point the "About <species>" button at the species a correction recorded, or drop it.
+
+    The builders name the answer's top species, which a correction can overrule. A
+    correction without a label (not a flower, a species not in the list), or with a
+    class the served label set lacks, has no species card, so its button is dropped.
+    """
+    labels = bot_context.service.labels
+    recorded_index: int | None = None
+    if correction.label is not None:
+        try:
+            recorded_index = labels.index_of(correction.label)
+        except KeyError:
+            recorded_index = None
+    signer = get_signer(bot_context)
+    kept_rows: list[list[InlineKeyboardButton]] = []
+    for row in rows:
+        kept_buttons: list[InlineKeyboardButton] = []
+        for button in row:
+            if not _is_species_card_button(button):
+                kept_buttons.append(button)
+            elif recorded_index is not None:
+                label = text("reference.button.about", lang, name=labels.display_name(recorded_index, lang))
+                kept_buttons.append(prediction_button(signer, prediction, label, Action.SPECIES_CARD, recorded_index))
+        if kept_buttons:
+            kept_rows.append(kept_buttons)
+    return kept_rows
+
+
+def _is_species_card_button(button: InlineKeyboardButton) -> bool:
+    if not isinstance(button.callback_data, str):
+        return False
+    try:
+        return parse_callback(button.callback_data).action is Action.SPECIES_CARD
+    except InvalidCallback:
+        return False
 
 
 def prediction_button(
@@ -85,9 +128,13 @@ def listed_indices(labels: Any, prediction: Any) -> list[int]:
     return indices
 
 
-def answer_markup(bot_context: BotContext, prediction: Any, lang: str) -> InlineKeyboardMarkup:
+def answer_markup(bot_context: BotContext, prediction: Any, lang: str, *, correction: Any = None) -> InlineKeyboardMarkup:
     """Build the keyboard under an answer: one "this one" button per listed species, then
-    "None of these" and "Not a flower", then the rows other features registered."""
+    "None of these" and "Not a flower", then the rows other features registered.
+
+    With the prediction's current `correction` (a `storage.models.Correction`), the
+    "About <species>" button names the recorded species instead of the top one.
+    """
     signer = get_signer(bot_context)
     labels = bot_context.service.labels
     rows: list[list[InlineKeyboardButton]] = []
@@ -101,15 +148,18 @@ def answer_markup(bot_context: BotContext, prediction: Any, lang: str) -> Inline
             prediction_button(signer, prediction, text("feedback.button.not_flower", lang), Action.NOT_FLOWER),
         ]
     )
-    rows.extend(_extra_rows(bot_context, prediction, lang))
+    rows.extend(_extra_rows(bot_context, prediction, lang, correction))
     return InlineKeyboardMarkup(rows)
 
 
-def recorded_markup(bot_context: BotContext, prediction: Any, lang: str) -> InlineKeyboardMarkup:
-    """Build the keyboard under an answer whose feedback is recorded: "Change" and the extra rows."""
+def recorded_markup(bot_context: BotContext, prediction: Any, lang: str, *, correction: Any = None) -> InlineKeyboardMarkup:
+    """Build the keyboard under an answer whose feedback is recorded: "Change" and the extra rows.
+
+    Pass the recorded `correction` so that "About <species>" names the recorded species.
+    """
     signer = get_signer(bot_context)
     rows = [[prediction_button(signer, prediction, text("feedback.button.change", lang), Action.CHANGE)]]
-    rows.extend(_extra_rows(bot_context, prediction, lang))
+    rows.extend(_extra_rows(bot_context, prediction, lang, correction))
     return InlineKeyboardMarkup(rows)
 
 
@@ -125,8 +175,9 @@ def candidates_markup(
 
     `candidates` are `(label index, probability or None)` pairs, best first, without the
     species the answer already lists; it may be empty when the answer lists every class.
-    The page has "More" when candidates remain, then "Not in this list" (a flower of a
-    species the model does not have), then "Type the name" and "Back".
+    The page has "Previous" after the first page and "More" when candidates remain,
+    then "Not in this list" (a flower of a species the model does not have), then
+    "Type the name" and "Back".
     """
     signer = get_signer(bot_context)
     labels = bot_context.service.labels
@@ -138,9 +189,15 @@ def candidates_markup(
         if probability is not None:
             label = text("feedback.button.candidate", lang, name=label, percent=short_percent(probability))
         rows.append([prediction_button(signer, prediction, label, Action.PICK, index)])
+    paging: list[InlineKeyboardButton] = []
+    if page > 0:
+        previous = text("feedback.button.previous", lang)
+        paging.append(prediction_button(signer, prediction, previous, Action.NONE_OF_THESE, page - 1))
     if start + CANDIDATES_PER_PAGE < len(candidates):
         more = text("feedback.button.more", lang)
-        rows.append([prediction_button(signer, prediction, more, Action.NONE_OF_THESE, page + 1)])
+        paging.append(prediction_button(signer, prediction, more, Action.NONE_OF_THESE, page + 1))
+    if paging:
+        rows.append(paging)
     rows.append([unknown_species_button(signer, prediction, lang)])
     rows.append(
         [
@@ -164,9 +221,18 @@ def matches_markup(bot_context: BotContext, prediction: Any, lang: str, indices:
         rows.append([prediction_button(signer, prediction, label, Action.PICK, index)])
     if not indices:
         rows.append([unknown_species_button(signer, prediction, lang)])
-    cancel = text("feedback.button.cancel_typing", lang)
-    rows.append([prediction_button(signer, prediction, cancel, Action.CANCEL_TYPING)])
+    rows.append([cancel_typing_button(signer, prediction, lang)])
     return InlineKeyboardMarkup(rows)
+
+
+def cancel_typing_button(signer: CallbackSigner, prediction: Any, lang: str) -> InlineKeyboardButton:
+    """Return the "Cancel" button that ends a pending "Type the name" for one prediction."""
+    return prediction_button(signer, prediction, text("feedback.button.cancel_typing", lang), Action.CANCEL_TYPING)
+
+
+def cancel_typing_markup(bot_context: BotContext, prediction: Any, lang: str) -> InlineKeyboardMarkup:
+    """Build the keyboard under a reply that requests the name again: only "Cancel"."""
+    return InlineKeyboardMarkup([[cancel_typing_button(get_signer(bot_context), prediction, lang)]])
 
 
 def forget_markup(bot_context: BotContext, user_id: int, lang: str, *, asked_minute: int) -> InlineKeyboardMarkup:

@@ -2,10 +2,11 @@
 
 Two limiters share RATE_LIMIT_PER_MINUTE (requests per person in any 60 seconds):
 
-- `images`: photos, image files (each photo of an album counts) and `/top5`, the
-  requests that download a file or run the model. A person over the limit gets one
-  message that says in how many seconds to try again, and nothing more until the
-  window has room again.
+- `images`: photos, files (each photo of an album counts) and `/top5`, the
+  requests that download a file or run the model. A file counts before it is known
+  to be an image, because only downloading and decoding it shows that, so a PDF
+  costs a download like a photo. A person over the limit gets one message that says in how many
+  seconds to try again, and nothing more until the window has room again.
 - `replies`: the short answers to stickers, videos, voice messages, locations and
   plain text. Over the limit these are dropped without a reply, so a flood of
   stickers cannot make the bot flood the chat or hit Telegram's limits.

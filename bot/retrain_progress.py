@@ -247,7 +247,7 @@ def gate_lines(decision: GateDecision, lang: str) -> list[str]:
             text(
                 "admin_model.result.split",
                 lang,
-                split=text(f"admin_model.split.{comparison.split}", lang),
+                split=text(f"admin_model.split_heading.{comparison.split}", lang),
                 candidate=percent(comparison.candidate_accuracy, lang),
                 serving=percent(comparison.serving_accuracy, lang),
                 samples=comparison.samples,

@@ -4,6 +4,9 @@ A `LabelSet` maps output index `i` of a model to a stable class id (a folder nam
 a line of a text file, or an Oxford 102 name) and to display names in English
 (`en`) and Simplified Chinese (`zh`). A set may carry only one language, and
 `display_name` then falls back to the language it has.
+
+A class may also have aliases per language: other common names that a name search
+should find (月季 for rose), which are never shown as the class's name.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import functools
 import json
 import logging
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from types import MappingProxyType
@@ -79,6 +82,45 @@ def _known_chinese_names() -> dict[str, str]:
 
 
 @functools.cache
+def _known_aliases() -> dict[str, dict[str, tuple[str, ...]]]:
+    """Return English name -> aliases per language, from the Oxford 102 entries that have aliases."""
+    known: dict[str, dict[str, tuple[str, ...]]] = {}
+    for position, entry in enumerate(_read_oxford102_entries()):
+        aliases = _read_aliases(entry, position)
+        if aliases:
+            known[_lookup_key(entry["names"]["en"])] = aliases
+    return known
+
+
+def _aliases_for_folder_name(class_id: str) -> dict[str, tuple[str, ...]]:
+    """Return the known aliases of a class named like an Oxford 102 class, also in the plural (`roses`)."""
+    known = _known_aliases()
+    key = _lookup_key(class_id)
+    if key in known:
+        return known[key]
+    if key.endswith("s"):
+        return known.get(key[:-1], {})
+    return {}
+
+
+def _read_aliases(entry: Mapping[str, Any], position: int) -> dict[str, tuple[str, ...]]:
+    """Read a class entry's optional `"aliases": {lang: [name, ...]}`, raising `LabelSetError` when malformed."""
+    raw = entry.get("aliases")
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping):
+        raise LabelSetError(f'class entry {position}: "aliases" must map a language to a list of names, got {raw!r}')
+    aliases: dict[str, tuple[str, ...]] = {}
+    for lang, names in raw.items():
+        if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+            raise LabelSetError(f'class entry {position}: aliases in {lang!r} must be a list of strings, got {names!r}')
+        cleaned = tuple(dict.fromkeys(name.strip() for name in names if name.strip()))
+        if cleaned:
+            aliases[normalize_language(lang)] = cleaned
+    return aliases
+
+
+@functools.cache
 def _read_oxford102_entries() -> tuple[dict[str, Any], ...]:
     text = resources.files("classifier").joinpath("data/oxford102.json").read_text(encoding="utf-8")
     return tuple(json.loads(text)["classes"])
@@ -86,19 +128,27 @@ def _read_oxford102_entries() -> tuple[dict[str, Any], ...]:
 
 @dataclass(frozen=True)
 class LabelSet:
-    """Ordered class ids with display names per language.
+    """Ordered class ids with display names and search aliases per language.
 
     `names[lang][i]` is the display name of class `i` in `lang`; an empty string
-    marks a name that is unknown in that language.
+    marks a name that is unknown in that language. `aliases[lang][i]` is a tuple
+    of other names of class `i` in `lang` (often empty); a language without any
+    alias has no key.
     """
 
     class_ids: tuple[str, ...]
     names: Mapping[str, tuple[str, ...]]
     source: str = ""
+    aliases: Mapping[str, tuple[tuple[str, ...], ...]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "class_ids", tuple(self.class_ids))
         object.__setattr__(self, "names", MappingProxyType({lang: tuple(names) for lang, names in self.names.items()}))
+        object.__setattr__(
+            self,
+            "aliases",
+            MappingProxyType({lang: tuple(tuple(names) for names in per_class) for lang, per_class in self.aliases.items()}),
+        )
         if len(self.class_ids) < MIN_CLASSES:
             # A softmax over one class returns 100% for every input.
             raise LabelSetError(
@@ -116,15 +166,20 @@ class LabelSet:
                 raise LabelSetError(
                     f"label set has {len(self.class_ids)} classes but {len(names)} names in language {lang!r}"
                 )
+        for lang, per_class in self.aliases.items():
+            if len(per_class) != len(self.class_ids):
+                raise LabelSetError(
+                    f"label set has {len(self.class_ids)} classes but {len(per_class)} alias lists in language {lang!r}"
+                )
 
     def __hash__(self) -> int:
-        return hash((self.class_ids, tuple(sorted(self.names.items()))))
+        return hash((self.class_ids, tuple(sorted(self.names.items())), tuple(sorted(self.aliases.items()))))
 
     # Construction
 
     @classmethod
     def from_names(cls, names: Iterable[str], *, source: str = "") -> LabelSet:
-        """Build a label set from class names, adding Chinese names where they are known."""
+        """Build a label set from class names, adding Chinese names and aliases where they are known."""
         class_ids = tuple(name.strip() for name in names)
         english = tuple(cid.replace("_", " ") for cid in class_ids)
         known = _known_chinese_names()
@@ -132,7 +187,8 @@ class LabelSet:
         display: dict[str, tuple[str, ...]] = {"en": english}
         if any(chinese):
             display["zh"] = chinese
-        return cls(class_ids=class_ids, names=display, source=source)
+        known_aliases = [_aliases_for_folder_name(cid) for cid in class_ids]
+        return cls(class_ids=class_ids, names=display, source=source, aliases=_aliases_by_language(known_aliases))
 
     @classmethod
     def from_path(cls, path: str | Path) -> LabelSet:
@@ -195,11 +251,17 @@ class LabelSet:
     # Serialization
 
     def to_dict(self) -> dict[str, Any]:
-        """Return a JSON-ready dict: `{"source": ..., "classes": [{"id": ..., "names": {lang: name}}]}`."""
+        """Return a JSON-ready dict: `{"source": ..., "classes": [{"id": ..., "names": {lang: name}}]}`.
+
+        A class with aliases also gets `"aliases": {lang: [name, ...]}`.
+        """
         classes = []
         for index, class_id in enumerate(self.class_ids):
-            names = {lang: names[index] for lang, names in self.names.items() if names[index]}
-            classes.append({"id": class_id, "names": names})
+            entry: dict[str, Any] = {"id": class_id, "names": {lang: names[index] for lang, names in self.names.items() if names[index]}}
+            aliases = {lang: list(per_class[index]) for lang, per_class in self.aliases.items() if per_class[index]}
+            if aliases:
+                entry["aliases"] = aliases
+            classes.append(entry)
         return {"source": self.source, "classes": classes}
 
     @classmethod
@@ -207,12 +269,13 @@ class LabelSet:
         """Build a label set from the dict `to_dict` returns.
 
         Each class entry may also be a plain string, or carry its names as
-        top-level `en` / `zh` keys.
+        top-level `en` / `zh` keys, and may carry `"aliases": {lang: [name, ...]}`.
         """
         if not isinstance(document, Mapping) or not isinstance(document.get("classes"), list):
             raise LabelSetError('a label dict needs a "classes" list')
         class_ids: list[str] = []
         per_class_names: list[dict[str, str]] = []
+        per_class_aliases: list[dict[str, tuple[str, ...]]] = []
         for position, entry in enumerate(document["classes"]):
             if isinstance(entry, str):
                 entry = {"id": entry}
@@ -227,6 +290,7 @@ class LabelSet:
                 raise LabelSetError(f'class entry {position} has no "id"')
             class_ids.append(class_id)
             per_class_names.append({normalize_language(lang): str(name).strip() for lang, name in names.items()})
+            per_class_aliases.append(_read_aliases(entry, position))
 
         languages = sorted({lang for names in per_class_names for lang, name in names.items() if name})
         if not languages:
@@ -234,7 +298,12 @@ class LabelSet:
             per_class_names = [{"en": class_id.replace("_", " ")} for class_id in class_ids]
             languages = ["en"]
         display = {lang: tuple(names.get(lang, "") for names in per_class_names) for lang in languages}
-        return cls(class_ids=tuple(class_ids), names=display, source=str(document.get("source", "")))
+        return cls(
+            class_ids=tuple(class_ids),
+            names=display,
+            source=str(document.get("source", "")),
+            aliases=_aliases_by_language(per_class_aliases),
+        )
 
     # Lookup
 
@@ -267,7 +336,17 @@ class LabelSet:
         """Return every display name in `lang`, in index order, with the same fallback as `display_name`."""
         return [self.display_name(index, lang) for index in range(len(self.class_ids))]
 
+    def aliases_of(self, index: int) -> tuple[str, ...]:
+        """Return every alias of class `index`, in all languages (for search; aliases are never displayed)."""
+        return tuple(alias for per_class in self.aliases.values() for alias in per_class[index])
+
     def matches(self, other: LabelSet | Sequence[str]) -> bool:
         """Return whether `other` has the same class ids in the same order."""
         other_ids = other.class_ids if isinstance(other, LabelSet) else tuple(other)
         return tuple(other_ids) == self.class_ids
+
+
+def _aliases_by_language(per_class: Sequence[Mapping[str, tuple[str, ...]]]) -> dict[str, tuple[tuple[str, ...], ...]]:
+    """Turn one `{lang: aliases}` dict per class into `{lang: aliases per class}`, keeping only languages that have any."""
+    languages = sorted({lang for aliases in per_class for lang in aliases})
+    return {lang: tuple(aliases.get(lang, ()) for aliases in per_class) for lang in languages}

@@ -16,6 +16,7 @@ read-then-write transaction cannot fail half-way with ``SQLITE_BUSY_SNAPSHOT``.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,10 @@ SQLITE_BUSY_TIMEOUT_MS = 5000
 SQLITE_BEGIN_OPTION = "flowerbot_sqlite_begin"
 _SQLITE_BEGIN_MODES = ("DEFERRED", "IMMEDIATE", "EXCLUSIVE")
 
+# Log label of the engines created while Alembic runs. migrations/env.py builds its own
+# engine and disposes of it after the migration, so a bot start logs two engines for one database.
+MIGRATION_ENGINE_PURPOSE = "Alembic migrations, disposed when they finish"
+_engine_purpose: contextvars.ContextVar[str | None] = contextvars.ContextVar("flowerbot_engine_purpose", default=None)
 
 
 def migrations_dir() -> Path:
@@ -75,18 +80,23 @@ def create_engine(
     url: str | URL,
     *,
     sqlite_busy_timeout_ms: int = SQLITE_BUSY_TIMEOUT_MS,
+    purpose: str | None = None,
     **engine_kwargs: Any,
 ) -> AsyncEngine:
     """Create an async engine for ``url`` with the settings flowerbot relies on.
 
     For a SQLite file the parent directory is created when missing, because
     SQLite cannot create it and fails with "unable to open database file".
-    ``engine_kwargs`` go to :func:`sqlalchemy.ext.asyncio.create_async_engine`
-    and override the pool settings chosen here.
+    ``purpose`` ends the log line, so that two engines for one database can be
+    distinguished. Inside :func:`upgrade_database` and :func:`downgrade_database`
+    it defaults to :data:`MIGRATION_ENGINE_PURPOSE`. ``engine_kwargs`` go to
+    :func:`sqlalchemy.ext.asyncio.create_async_engine` and override the pool
+    settings chosen here.
     """
     url = make_url(url)
+    purpose = purpose or _engine_purpose.get()
     if url.get_backend_name() == "sqlite":
-        return _create_sqlite_engine(url, sqlite_busy_timeout_ms, engine_kwargs)
+        return _create_sqlite_engine(url, sqlite_busy_timeout_ms, engine_kwargs, purpose)
 
     options: dict[str, Any] = {}
     if "poolclass" not in engine_kwargs:
@@ -94,11 +104,15 @@ def create_engine(
         options.update(pool_pre_ping=True, pool_size=5, max_overflow=10)
     options.update(engine_kwargs)
     engine = create_async_engine(url, **options)
-    logger.info("created database engine for %s", url.render_as_string(hide_password=True))
+    logger.info("created database engine for %s%s", url.render_as_string(hide_password=True), _purpose_suffix(purpose))
     return engine
 
 
-def _create_sqlite_engine(url: URL, busy_timeout_ms: int, engine_kwargs: dict[str, Any]) -> AsyncEngine:
+def _purpose_suffix(purpose: str | None) -> str:
+    return f" for {purpose}" if purpose else ""
+
+
+def _create_sqlite_engine(url: URL, busy_timeout_ms: int, engine_kwargs: dict[str, Any], purpose: str | None) -> AsyncEngine:
     if busy_timeout_ms < 0:
         raise ValueError(f"sqlite_busy_timeout_ms must be 0 or more, got {busy_timeout_ms}")
 
@@ -143,9 +157,10 @@ def _create_sqlite_engine(url: URL, busy_timeout_ms: int, engine_kwargs: dict[st
         connection.exec_driver_sql(f"BEGIN {mode}")
 
     logger.info(
-        "created SQLite engine for %s (WAL, busy_timeout=%d ms)",
+        "created SQLite engine for %s (WAL, busy_timeout=%d ms)%s",
         "an in-memory database" if in_memory else url.database,
         busy_timeout_ms,
+        _purpose_suffix(purpose),
     )
     return engine
 
@@ -178,7 +193,11 @@ def upgrade_database(url: str | URL, revision: str = "head") -> None:
     """
     safe_url = make_url(url).render_as_string(hide_password=True)
     logger.info("upgrading database %s to %s", safe_url, revision)
-    command.upgrade(alembic_config(url), revision)
+    token = _engine_purpose.set(MIGRATION_ENGINE_PURPOSE)
+    try:
+        command.upgrade(alembic_config(url), revision)
+    finally:
+        _engine_purpose.reset(token)
     logger.info("database %s is at %s", safe_url, revision)
 
 
@@ -191,5 +210,9 @@ def downgrade_database(url: str | URL, revision: str = "base") -> None:
     """Run the Alembic downgrades down to ``revision`` (blocks like :func:`upgrade_database`)."""
     safe_url = make_url(url).render_as_string(hide_password=True)
     logger.info("downgrading database %s to %s", safe_url, revision)
-    command.downgrade(alembic_config(url), revision)
+    token = _engine_purpose.set(MIGRATION_ENGINE_PURPOSE)
+    try:
+        command.downgrade(alembic_config(url), revision)
+    finally:
+        _engine_purpose.reset(token)
     logger.info("database %s is at %s", safe_url, revision)

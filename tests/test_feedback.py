@@ -20,6 +20,7 @@ from PIL import Image
 from bot.callbacks import FEEDBACK_ACTIONS, Action, InvalidCallback, get_signer, prediction_binding
 from bot.handlers.feedback import PENDING_SPECIES_NAME, STATUS_MARK
 from bot.i18n import text
+from bot.name_search import MAX_QUERY_CHARS
 from storage.models import Prediction
 from tests.emulator import group_chat, inline_buttons, make_user, message_text, private_chat
 from tests.fixtures.bot import FLOWERS5_CLASSES, BotHarness
@@ -299,6 +300,43 @@ async def test_back_restores_choices(flowerbot: BotHarness) -> None:
     await flowerbot.emulator.wait_for(lambda: inline_buttons(alice.current(answer)) == original)
 
 
+def about_texts(message: JSON) -> list[str]:
+    """Return the texts of the message's "About <species>" buttons."""
+    return [entry["text"] for entry in inline_buttons(message) if (entry.get("callback_data") or "")[:1] == Action.SPECIES_CARD.value]
+
+
+def about(class_id: str) -> str:
+    return text("reference.button.about", "en", name=class_id)
+
+
+async def test_about_button_follows_correction(flowerbot: BotHarness) -> None:
+    alice = Chat(flowerbot, ALICE)
+    answer, prediction = await alice.photo(46)
+    top1 = prediction.top1_class_id
+    second = prediction.top_k[1]["class_id"]
+    assert about_texts(answer) == [about(top1)]
+
+    await alice.press(answer, button(flowerbot, answer, prediction, Action.PICK, class_index(second)))
+    recorded = await flowerbot.emulator.wait_for(
+        lambda: feedback_texts(alice.current(answer)) == ["Change"] and alice.current(answer)
+    )
+    assert about_texts(recorded) == [about(second)]
+    assert button(flowerbot, recorded, prediction, Action.SPECIES_CARD, class_index(second))
+
+    # The choices opened by "Change" still name the recorded species.
+    await alice.press(recorded, button(flowerbot, recorded, prediction, Action.CHANGE))
+    choices = await flowerbot.emulator.wait_for(lambda: len(feedback_texts(alice.current(answer))) > 1 and alice.current(answer))
+    assert about_texts(choices) == [about(second)]
+
+    # "Not a flower" has no species card.
+    await alice.press(choices, button(flowerbot, choices, prediction, Action.NOT_FLOWER))
+    not_flower = await flowerbot.emulator.wait_for(
+        lambda: feedback_texts(alice.current(answer)) == ["Change"] and alice.current(answer)
+    )
+    assert message_text(not_flower).endswith(text("feedback.recorded.not_flower", "en"))
+    assert about_texts(not_flower) == []
+
+
 # -- changing and tapping twice -----------------------------------------------
 
 
@@ -517,6 +555,13 @@ async def test_typed_name_in_group(flowerbot: BotHarness) -> None:
     assert await corrections(flowerbot, prediction) == []
     assert await flowerbot.repository.get_pending_input(BOB["id"], GROUP["id"]) is None
 
+    # With privacy mode off, or with the bot an admin, the bot receives all of Alice's
+    # messages too. One that does not reply to the bot is conversation, not the name.
+    chatter = flowerbot.emulator.send_text(alice.user, alice.chat, "hi all")
+    await flowerbot.wait_idle()
+    assert flowerbot.emulator.replies_to(chatter) == []
+    assert await flowerbot.repository.get_pending_input(ALICE["id"], GROUP["id"]) is not None
+
     sent = flowerbot.emulator.send_text(alice.user, alice.chat, "tulpis", reply_to=prompt)
     matches = copy.deepcopy(await flowerbot.emulator.wait_for_reply(sent))
     assert message_text(matches).startswith("Species matching “tulpis”")
@@ -525,6 +570,38 @@ async def test_typed_name_in_group(flowerbot: BotHarness) -> None:
     assert await alice.press(matches, pick) == notice("feedback.notice.recorded")
     assert [label for label, _kind, _current in await corrections(flowerbot, prediction)] == ["tulips"]
     assert await flowerbot.repository.get_pending_input(ALICE["id"], GROUP["id"]) is None
+
+
+async def test_typed_name_too_long_offers_cancel(flowerbot: BotHarness) -> None:
+    alice = Chat(flowerbot, ALICE)
+    answer, prediction = await alice.photo(44)
+    await _start_typing(flowerbot, alice, answer, prediction)
+
+    reply = await alice.send_text("sunflower " * 11)
+    assert message_text(reply) == text("feedback.type_name.too_long", "en", limit=MAX_QUERY_CHARS)
+    assert [entry["text"] for entry in inline_buttons(reply)] == ["Cancel"]
+
+    assert await alice.press(reply, button(flowerbot, reply, prediction, Action.CANCEL_TYPING)) == notice(
+        "feedback.notice.typing_cancelled"
+    )
+    assert await flowerbot.repository.get_pending_input(ALICE["id"], alice.chat_id) is None
+    await flowerbot.emulator.wait_for(lambda: message_text(alice.current(reply)) == text("feedback.type_name.cancelled", "en"))
+
+
+@pytest.mark.parametrize("blank", ["   ", " - _ "], ids=["spaces", "separators"])
+async def test_typed_name_blank_asks_again(flowerbot: BotHarness, blank: str) -> None:
+    alice = Chat(flowerbot, ALICE)
+    answer, prediction = await alice.photo(45)
+    await _start_typing(flowerbot, alice, answer, prediction)
+
+    reply = await alice.send_text(blank)
+    assert message_text(reply) == text("feedback.type_name.empty", "en")
+    assert [entry["text"] for entry in inline_buttons(reply)] == ["Cancel"]
+    # Still waiting for the name.
+    assert await flowerbot.repository.get_pending_input(ALICE["id"], alice.chat_id) is not None
+
+    matches = await alice.send_text("tulips")
+    assert message_text(matches).startswith("Species matching “tulips”")
 
 
 async def test_typed_name_in_chinese(flowerbot: BotHarness) -> None:

@@ -207,3 +207,51 @@ def test_index_of_unknown_class_raises():
     assert labels.index_of("tulip") == 1
     with pytest.raises(KeyError, match="lily"):
         labels.index_of("lily")
+
+
+def test_oxford102_carries_aliases():
+    labels = LabelSet.oxford102()
+    rose = labels.index_of("rose")
+
+    assert labels.aliases["zh"][rose] == ("月季",)
+    assert labels.aliases_of(labels.index_of("frangipani")) == ("plumeria", "缅栀子")
+    assert labels.aliases_of(labels.index_of("pink primrose")) == ()
+    # Aliases are searched, never shown.
+    assert labels.display_name(rose, "zh") == "玫瑰"
+
+
+def test_aliases_survive_dict_round_trip():
+    labels = LabelSet.from_dict(
+        {"classes": [{"id": "rose", "names": {"zh": "玫瑰"}, "aliases": {"zh-hans": ["月季", " 月季 ", ""]}}, {"id": "tulip"}]}
+    )
+
+    assert dict(labels.aliases) == {"zh": (("月季",), ())}
+    document = labels.to_dict()
+    assert document["classes"][0]["aliases"] == {"zh": ["月季"]}
+    assert "aliases" not in document["classes"][1]
+    restored = LabelSet.from_dict(json.loads(json.dumps(document, ensure_ascii=False)))
+    assert restored == labels
+    assert hash(restored) == hash(labels)
+
+
+def test_aliases_change_equality():
+    plain = LabelSet.from_dict({"classes": ["rose", "tulip"]})
+    aliased = LabelSet.from_dict({"classes": [{"id": "rose", "aliases": {"zh": ["月季"]}}, "tulip"]})
+
+    assert plain != aliased
+    assert plain.matches(aliased)
+
+
+@pytest.mark.parametrize("aliases", [["月季"], {"zh": "月季"}, {"zh": [1]}], ids=["list", "string", "number"])
+def test_malformed_aliases_are_rejected(aliases):
+    with pytest.raises(LabelSetError, match="class entry 0"):
+        LabelSet.from_dict({"classes": [{"id": "rose", "aliases": aliases}, "tulip"]})
+
+
+def test_folder_names_get_known_aliases():
+    labels = LabelSet.from_names(["daisy", "roses", "Rose_Bush"])
+
+    assert labels.aliases_of(0) == ()
+    # "roses" is the plural of the Oxford 102 class "rose".
+    assert labels.aliases_of(1) == ("月季",)
+    assert labels.aliases_of(2) == ()

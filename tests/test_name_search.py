@@ -56,12 +56,71 @@ def test_oxford_first_match(query: str, expected: str) -> None:
     assert _first(OXFORD, query) == expected
 
 
-def test_exact_name_ranks_above_longer_names() -> None:
-    matches = search_names(OXFORD, "rose")
-    names = [OXFORD.class_ids[match.index] for match in matches]
-    assert names[0] == "rose"
-    # Names that contain the query are still offered, after the exact one.
-    assert "lenten rose" in names
+def _all(labels: LabelSet, query: str) -> list[str]:
+    return [labels.class_ids[match.index] for match in search_names(labels, query)]
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        ("Sunflower", ["sunflower"]),
+        ("SUNFLOWERS", ["sunflower"]),
+        ("rose", ["rose"]),
+        ("Roses", ["rose"]),
+        ("玫瑰", ["rose"]),
+        ("desert rose", ["desert-rose"]),
+        ("Water Lily", ["water lily"]),
+    ],
+)
+def test_exact_name_lists_only_exact(query: str, expected: list[str]) -> None:
+    # Without the exact-only rule "Sunflower" also offers 桔梗 and 西番莲, and "rose" lenten rose.
+    assert _all(OXFORD, query) == expected
+
+
+@pytest.mark.parametrize("query", ["rose", "ROSES"])
+def test_singular_matches_plural_class(query: str) -> None:
+    labels = LabelSet.from_names(["roses", "desert_rose", "lenten_rose", "tulips"])
+
+    assert _all(labels, query) == ["roses"]
+
+
+def test_partial_name_still_fuzzy() -> None:
+    # No species is called just "lily", so every lily is offered.
+    names = _all(OXFORD, "lily")
+    assert "tiger lily" in names
+    assert "water lily" in names
+    assert len(names) > 1
+
+
+def test_plural_query_scores_its_singular() -> None:
+    # "lilies" is scored as "lily" too, so the lilies rank above names that only look alike.
+    names = _all(OXFORD, "lilies")
+    assert names
+    assert all(name.endswith("lily") for name in names), names
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        ("月季", "rose"),
+        ("narcissus", "daffodil"),
+        ("喇叭花", "morning glory"),
+        ("扶桑", "hibiscus"),
+        ("圣诞红", "poinsettia"),
+        ("叶子花", "bougainvillea"),
+        ("Plumeria", "frangipani"),
+        ("莲花", "lotus"),
+        ("gladiolus", "sword lily"),
+    ],
+)
+def test_aliases_find_species(query: str, expected: str) -> None:
+    assert _all(OXFORD, query) == [expected]
+
+
+def test_folder_name_set_gets_aliases() -> None:
+    # flowers5 names its rose class "roses"; the Oxford 102 alias of "rose" carries over.
+    assert _all(FLOWERS5, "月季") == ["roses"]
+    assert _all(FLOWERS5, "月季花") == ["roses"]  # one extra character
 
 
 def test_one_entry_per_species() -> None:

@@ -126,12 +126,11 @@ def _phase_with_epoch(label: str, lang: str) -> str:
 
 
 def _last_run_line(run: RetrainRun, lang: str) -> str:
+    """Return the line about the last finished run, with its stored error on a second line."""
     details = ""
     if run.candidate_version:
         details += text("admin_model.status.candidate", lang, version=run.candidate_version)
-    if run.error:
-        details += text("admin_model.status.error", lang, error=run.error)
-    return text(
+    line = text(
         "admin_model.status.last",
         lang,
         run_id=run.id,
@@ -139,6 +138,10 @@ def _last_run_line(run: RetrainRun, lang: str) -> str:
         finished=_when(run.finished_at, lang),
         details=details,
     )
+    if run.error:
+        # The error is stored as the run recorded it, usually in English, so it follows the translated line.
+        line += "\n" + text("admin_model.error.details", lang, error=run.error)
+    return line
 
 
 # /model
@@ -200,17 +203,20 @@ async def rollback_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -
     supervisor = get_supervisor(bot_context)
     current = bot_context.service.version
     target = await bot_context.repository.previous_model()
+    target_version = target.version if target else "?"
     try:
         previous, version = await supervisor.rollback()
     except RetrainError as error:
         logger.info("admin %d: /rollback rejected: %s", user.id, error)
-        await message.reply_text(text(error.key, lang, **error.values), do_quote=True)
+        # Some RetrainErrors carry no values (a version that is not registered), so the
+        # placeholders of their messages are filled from the versions this handler has.
+        values = {"version": target_version, "previous": current, "error": str(error), **error.values}
+        await message.reply_text(text(error.key, lang, **values), do_quote=True)
         return
     except (BundleError, OSError, RuntimeError, ValueError) as error:
-        logger.exception("admin %d: /rollback to %s failed", user.id, target.version if target else None)
-        await message.reply_text(
-            text("admin_model.rollback.failed", lang, version=target.version if target else "?", error=error, previous=current), do_quote=True
-        )
+        logger.exception("admin %d: /rollback to %s failed", user.id, target_version)
+        detail = f"{type(error).__name__}: {error}"
+        await message.reply_text(text("admin_model.rollback.failed", lang, version=target_version, error=detail, previous=current), do_quote=True)
         return
     logger.info("admin %d rolled back from %s to %s", user.id, previous, version)
     await message.reply_text(text("admin_model.rollback.done", lang, version=version, previous=previous), do_quote=True)

@@ -56,13 +56,14 @@ from bot.i18n import text
 from bot.keyboards import (
     CANDIDATES_PER_PAGE,
     answer_markup,
+    cancel_typing_markup,
     candidates_markup,
     label_index,
     listed_indices,
     matches_markup,
     recorded_markup,
 )
-from bot.name_search import MAX_QUERY_CHARS, search_names
+from bot.name_search import MAX_QUERY_CHARS, normalize_name, search_names
 from storage.models import Correction, Prediction, utc_now
 from storage.repository import NotFoundError, NotOwnerError
 
@@ -205,7 +206,7 @@ async def _show_recorded(
     from another message (the list of typed-name matches), the answer is edited by id.
     """
     status = status_line(bot_context, correction, lang)
-    markup = recorded_markup(bot_context, prediction, lang)
+    markup = recorded_markup(bot_context, prediction, lang, correction=correction)
     if answer_message is not None:
         body, parse_mode = _message_body(answer_message)
         if parse_mode == ParseMode.HTML:
@@ -486,10 +487,14 @@ async def _on_none_of_these(press: _Press) -> None:
 async def _on_choices(press: _Press) -> None:
     """Show the first choices again: "Change" on a recorded answer, "Back" from the candidates."""
     await press.answer()
+    if press.message is None:
+        return
+    # A recorded correction stays in force while the choices are open, so "About" keeps naming it.
+    correction = await press.bot_context.repository.current_correction(press.prediction.id)
     # NOTE: the choices come from the stored top-k, so under a /top5 reply they list
     # the stored species (usually three) rather than the five the reply shows.
-    if press.message is not None:
-        await edit_message(press.message, markup=answer_markup(press.bot_context, press.prediction, press.lang))
+    markup = answer_markup(press.bot_context, press.prediction, press.lang, correction=correction)
+    await edit_message(press.message, markup=markup)
 
 
 async def _on_type_name(press: _Press) -> None:
@@ -549,14 +554,25 @@ _ACTION_HANDLERS: dict[Action, Callable[[_Press], Awaitable[None]]] = {
 # -- typed names --------------------------------------------------------------
 
 
+def replies_to_bot(message: Message, bot_id: int) -> bool:
+    """Return whether `message` replies to a message that the bot sent."""
+    replied = message.reply_to_message
+    return replied is not None and replied.from_user is not None and replied.from_user.id == bot_id
+
+
 async def typed_name(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """Take a text message as the species name when the sender has a pending "type the name".
 
-    Without a pending input the message passes on to the handlers of later groups.
+    In a private chat any text is the name. In a group only a reply to one of the bot's
+    messages (the prompt, or a list of matches) is: with privacy mode off, or with the
+    bot an admin, the bot also receives the conversation around it. Any other message
+    passes on to the handlers of later groups, and the pending input stays.
     """
     message = update.effective_message
     user = update.effective_user
     if message is None or user is None or not message.text:
+        return
+    if message.chat.type != ChatType.PRIVATE and not replies_to_bot(message, context.bot.id):
         return
     bot_context = get_bot_context(context)
     repository = bot_context.repository
@@ -575,7 +591,18 @@ async def typed_name(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None
     lang = await user_language(bot_context, user)
     query_text = message.text.strip()
     if len(query_text) > MAX_QUERY_CHARS:
-        await message.reply_text(text("feedback.type_name.too_long", lang, limit=MAX_QUERY_CHARS), do_quote=True)
+        logger.info("prediction %d: typed name of %d characters rejected as too long", prediction.id, len(query_text))
+        await message.reply_text(
+            text("feedback.type_name.too_long", lang, limit=MAX_QUERY_CHARS),
+            reply_markup=cancel_typing_markup(bot_context, prediction, lang),
+            do_quote=True,
+        )
+        raise ApplicationHandlerStop
+    if not normalize_name(query_text):
+        # Only spaces or separators: ask for the name again instead of searching for nothing.
+        await message.reply_text(
+            text("feedback.type_name.empty", lang), reply_markup=cancel_typing_markup(bot_context, prediction, lang), do_quote=True
+        )
         raise ApplicationHandlerStop
 
     labels = bot_context.service.labels

@@ -6,11 +6,14 @@ content, not by its name or MIME type, and a file that is not an image gets a me
 saying what to send. `/top5` works in three ways: as the caption of a photo, as a reply
 to a photo (or to the bot's answer), and alone for the person's last photo in that chat.
 
-Photos, image files and `/top5` count against the person's RATE_LIMIT_PER_MINUTE
+Photos, files and `/top5` count against the person's RATE_LIMIT_PER_MINUTE
 (`bot.rate_limit`, each photo of an album counts). Over it, the first rejected request
 gets a message that says in how many seconds to try again, and later ones are dropped
-until the window has room. GIF animations arrive with a `document` too, but Telegram
-has turned them into MP4 videos, so `other_inputs.py` answers them like videos.
+until the window has room. A file that turns out not to be an image (a PDF) counts
+too, because the bot only learns that by downloading it (up to 20 MB) and decoding it,
+and that download is the cost the limit bounds. GIF animations arrive with a
+`document` too, but Telegram has turned them into MP4 videos, so `other_inputs.py`
+answers them like videos.
 """
 
 from __future__ import annotations

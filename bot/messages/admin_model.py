@@ -21,16 +21,16 @@ MESSAGES: dict[str, dict[str, str]] = {
         "zh": "尚未配置重新训练：请将 RETRAIN_BASE_DATA 设为基础数据集（ImageFolder 目录或 flowers102），然后重启机器人。",
     },
     "admin_model.retrain.invalid_recipe": {
-        "en": "The retraining settings are invalid: {error}",
-        "zh": "重新训练的设置无效：{error}",
+        "en": "The retraining settings (RETRAIN_RECIPE_CONFIG and the RETRAIN_* values) are invalid. Fix them and restart the bot.\nDetails: {error}",
+        "zh": "重新训练的设置（RETRAIN_RECIPE_CONFIG 和各 RETRAIN_* 值）无效。请修正后重启机器人。\n技术细节：{error}",
     },
     "admin_model.retrain.already_running": {
         "en": "Retraining run #{run_id} is already running ({phase}). Use /retrain status or /retrain cancel.",
         "zh": "重新训练 #{run_id} 正在进行（{phase}）。请使用 /retrain status 或 /retrain cancel。",
     },
     "admin_model.retrain.start_failed": {
-        "en": "Retraining run #{run_id} could not start: {error}. The serving model is unchanged.",
-        "zh": "重新训练 #{run_id} 无法启动：{error}。当前模型保持不变。",
+        "en": "Retraining run #{run_id} could not start. The serving model is unchanged.\nDetails: {error}",
+        "zh": "重新训练 #{run_id} 无法启动。当前模型保持不变。\n技术细节：{error}",
     },
     # The progress message, edited while a run goes on.
     "admin_model.progress.header": {
@@ -79,9 +79,10 @@ MESSAGES: dict[str, dict[str, str]] = {
         "zh": "⛔ 候选模型 {version} 未被采用：它在{split}上不如 {previous}。继续使用 {previous}。",
     },
     "admin_model.result.promote_failed": {
-        "en": "⚠️ Candidate {version} passed the gate, but switching to it failed: {error}. {previous} keeps serving.",
-        "zh": "⚠️ 候选模型 {version} 通过了检验，但切换失败：{error}。继续使用 {previous}。",
+        "en": "⚠️ Candidate {version} passed the gate, but switching to it failed. {previous} keeps serving.\nDetails: {error}",
+        "zh": "⚠️ 候选模型 {version} 通过了检验，但切换失败。继续使用 {previous}。\n技术细节：{error}",
     },
+    # One line per gate split; {split} is an "admin_model.split_heading.*" text.
     "admin_model.result.split": {
         "en": "{split}: candidate {candidate} vs serving {serving} (photos: {samples})",
         "zh": "{split}：候选 {candidate}，当前 {serving}（{samples} 张照片）",
@@ -98,11 +99,14 @@ MESSAGES: dict[str, dict[str, str]] = {
         "en": "Confusion matrix of {version} on the base validation split.",
         "zh": "{version} 在基础验证集上的混淆矩阵。",
     },
+    # Split names inside a sentence, and as the first word of a gate line.
     "admin_model.split.base_val": {"en": "the base validation split", "zh": "基础验证集"},
     "admin_model.split.corrections_holdout": {"en": "the held-out corrections", "zh": "留出的更正照片"},
+    "admin_model.split_heading.base_val": {"en": "Base validation split", "zh": "基础验证集"},
+    "admin_model.split_heading.corrections_holdout": {"en": "Held-out corrections", "zh": "留出的更正照片"},
     "admin_model.result.failed": {
-        "en": "❌ Retraining run #{run_id} failed: {error}. The serving model {version} is unchanged.",
-        "zh": "❌ 重新训练 #{run_id} 失败：{error}。当前模型 {version} 保持不变。",
+        "en": "❌ Retraining run #{run_id} failed. The serving model {version} is unchanged.\nDetails: {error}",
+        "zh": "❌ 重新训练 #{run_id} 失败。当前模型 {version} 保持不变。\n技术细节：{error}",
     },
     "admin_model.result.cancelled": {
         "en": "Retraining run #{run_id} was cancelled. The serving model {version} is unchanged.",
@@ -131,7 +135,8 @@ MESSAGES: dict[str, dict[str, str]] = {
         "zh": "上一次 #{run_id}：{status}，结束于 {finished}{details}。",
     },
     "admin_model.status.candidate": {"en": ", candidate {version}", "zh": "，候选模型 {version}"},
-    "admin_model.status.error": {"en": ", error: {error}", "zh": "，错误：{error}"},
+    # The stored error of a run, as recorded (often English), on a line after the translated text.
+    "admin_model.error.details": {"en": "Details: {error}", "zh": "技术细节：{error}"},
     "admin_model.run_status.succeeded": {"en": "promoted", "zh": "已采用"},
     "admin_model.run_status.rejected": {"en": "not promoted", "zh": "未采用"},
     "admin_model.run_status.failed": {"en": "failed", "zh": "失败"},
@@ -186,8 +191,8 @@ MESSAGES: dict[str, dict[str, str]] = {
         "zh": "重新训练 #{run_id} 正在进行。请等它结束，或先使用 /retrain cancel。",
     },
     "admin_model.rollback.failed": {
-        "en": "Rolling back to {version} failed: {error}. {previous} keeps serving.",
-        "zh": "回退到 {version} 失败：{error}。继续使用 {previous}。",
+        "en": "Rolling back to {version} failed. {previous} keeps serving.\nDetails: {error}",
+        "zh": "回退到 {version} 失败。继续使用 {previous}。\n技术细节：{error}",
     },
     "admin_model.not_available": {"en": "n/a", "zh": "无"},
 }

@@ -10,6 +10,7 @@ MESSAGES: dict[str, dict[str, str]] = {
     "feedback.button.unknown_species": {"en": "Not in this list", "zh": "不在列表中"},
     "feedback.button.candidate": {"en": "{name} ({percent})", "zh": "{name}（{percent}）"},
     "feedback.button.more": {"en": "More…", "zh": "更多…"},
+    "feedback.button.previous": {"en": "‹ Previous", "zh": "‹ 上一页"},
     "feedback.button.type_name": {"en": "Type the name", "zh": "输入名称"},
     "feedback.button.back": {"en": "« Back", "zh": "« 返回"},
     "feedback.button.change": {"en": "Change", "zh": "修改"},
@@ -65,8 +66,12 @@ MESSAGES: dict[str, dict[str, str]] = {
         "或点“取消”。",
     },
     "feedback.type_name.too_long": {
-        "en": "That name is too long. Type at most {limit} characters.",
-        "zh": "名称太长了，最多输入 {limit} 个字符。",
+        "en": "That name is too long. Type at most {limit} characters, or tap Cancel.",
+        "zh": "名称太长了，最多输入 {limit} 个字符；或点“取消”。",
+    },
+    "feedback.type_name.empty": {
+        "en": "That message has no name in it. Type the name of the species, in English or Chinese, or tap Cancel.",
+        "zh": "消息里没有名称。请输入花的名称，中文或英文均可；或点“取消”。",
     },
     "feedback.type_name.cancelled": {"en": "Naming cancelled.", "zh": "已取消输入名称。"},
     # Command menu descriptions.
