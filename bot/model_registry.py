@@ -18,6 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from classifier.backends import unservable_reason
 from classifier.bundle import Bundle, BundleError
 
 if TYPE_CHECKING:
@@ -105,7 +106,8 @@ async def choose_serving_bundle(settings: Settings, repository: Repository) -> B
     MODEL_PATH names the operator's bundle. When its version is new to the
     registry, it is registered and serves: the operator chose it. When the
     registry contains it and serves another version (promoted by /retrain or
-    chosen by /rollback), that version serves, if its files still load.
+    chosen by /rollback), that version serves, if its files still load and
+    BACKEND can serve it (BACKEND=onnx needs an ONNX export).
     """
     configured = await asyncio.to_thread(Bundle.load, settings.model_path)
     known = await repository.get_model(configured.version)
@@ -117,6 +119,14 @@ async def choose_serving_bundle(settings: Settings, repository: Repository) -> B
         chosen = await asyncio.to_thread(Bundle.load, serving.path)
     except BundleError as error:
         logger.error("registry's serving model %s cannot be loaded (%s); serving MODEL_PATH %s instead", serving.version, error, configured.version)
+        await register_serving_bundle(repository, configured)
+        return configured
+    problem = unservable_reason(chosen, settings.backend)
+    if problem is not None:
+        logger.error(
+            "registry's serving model %s cannot be served with BACKEND=%s (%s); serving MODEL_PATH %s instead",
+            serving.version, settings.backend, problem, configured.version,
+        )
         await register_serving_bundle(repository, configured)
         return configured
     logger.info("serving %s from the registry instead of MODEL_PATH's %s", chosen.version, configured.version)

@@ -55,6 +55,7 @@ from bot.retrain_progress import (
     negatives_line,
     progress_text,
 )
+from classifier.backends import unservable_reason
 from classifier.bundle import Bundle, BundleError
 from training.gate import GateDecision
 from training.retrain import CANDIDATE_DIR_NAME, SABOTAGE_MODES, TESTING_ENV, RetrainJob
@@ -469,8 +470,13 @@ class RetrainSupervisor:
         async with self._switch_lock:
             model = await self.repository.get_model(version)
             if model is None:
-                raise RetrainError("admin_model.rollback.failed", f"model version {version} is not registered")
+                reason = f"model version {version} is not registered"
+                raise RetrainError("admin_model.rollback.failed", reason, version=version, error=reason, previous=self.bot_context.service.version)
             bundle = await asyncio.to_thread(Bundle.load, model.path)
+            backend = self.settings.backend
+            problem = unservable_reason(bundle, backend)
+            if problem is not None:
+                raise RetrainError("serving.unservable", problem, version=version, backend=backend, path=model.path)
             service = self.bot_context.service
             previous = service.version
             await self.repository.set_serving(version)

@@ -142,3 +142,33 @@ async def test_registry_ignores_invalid_creation_time(repository: Repository, bu
     serving = await repository.serving_model()
     assert serving is not None
     assert serving.created_at >= before
+
+
+@pytest.mark.slow
+async def test_onnx_backend_skips_unexported_registry_model(
+    repository: Repository, bundles: dict[str, Bundle], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from training.export import export_bundle
+
+    exported = tmp_path / "exported"
+    shutil.copytree(bundles["first"].path, exported)
+    export_bundle(exported, formats=["onnx"], samples=2)
+    settings = settings_for(exported, tmp_path).model_copy(update={"backend": "onnx"})
+    await choose_serving_bundle(settings, repository)
+    # /retrain under BACKEND=torch promoted a bundle without an ONNX export.
+    second = bundles["second"]
+    await repository.register_model(second.version, str(second.path))
+    await repository.set_serving(second.version)
+
+    chosen = await choose_serving_bundle(settings, repository)
+
+    assert chosen.version == bundles["first"].version
+    assert chosen.path == exported
+    serving = await repository.serving_model()
+    assert serving is not None
+    assert serving.version == bundles["first"].version
+    assert any("cannot be served with BACKEND=onnx" in record.getMessage() for record in caplog.records)
+    # BACKEND=torch serves the registry's choice as before.
+    await repository.set_serving(second.version)
+    torch_choice = await choose_serving_bundle(settings.model_copy(update={"backend": "torch"}), repository)
+    assert torch_choice.version == second.version

@@ -25,10 +25,11 @@ from bot.handlers import admin_model
 from bot.i18n import text
 from bot.model_registry import WORK_DIR_PREFIX
 from bot.retrain import RETRAIN_KEY, RetrainSupervisor, stop_retrain_supervisor
-from classifier.bundle import Bundle
+from classifier.bundle import Bundle, new_random_bundle
+from classifier.labels import LabelSet
 from storage.models import Prediction, RetrainRun
 from tests.emulator import make_user, message_text, private_chat
-from tests.fixtures.bot import BotHarness
+from tests.fixtures.bot import FLOWERS5_CLASSES, BotHarness
 from tests.test_retrain_job import make_flowers5_subset, spare_val_photos
 
 pytestmark = pytest.mark.photos
@@ -212,8 +213,8 @@ async def test_retrain_promotes_and_rollback_returns(retrain_bot: StartBot, flow
     assert "1 “not a flower” and 1 “not in this list” photos for rejection" in final_progress
     caption = result_caption(bot)
     assert "passed the gate" in caption
-    assert "the base validation split: candidate" in caption
-    assert "the held-out corrections: candidate" in caption
+    assert "Base validation split: candidate" in caption
+    assert "Held-out corrections: candidate" in caption
     assert text("admin_model.result.negatives", "en", not_flower=1, unknown_species=1) in caption
 
     # The registry, the files and the service agree on the new version.
@@ -268,7 +269,7 @@ async def test_sabotaged_candidate_is_not_promoted(retrain_bot: StartBot, monkey
     assert bot.context.service.version == original
     caption = result_caption(bot)
     assert "was not promoted" in caption
-    assert "the base validation split: candidate" in caption
+    assert "Base validation split: candidate" in caption
     assert text("admin_model.result.holdout_empty", "en") in caption
     assert (await send_photo(bot, ALICE, noise_jpeg(5))).model_version == original
 
@@ -357,6 +358,27 @@ async def test_rollback_without_previous_model(retrain_bot: StartBot) -> None:
     assert message_text(reply) == text("admin_model.rollback.no_previous", "en")
 
 
+async def test_rollback_to_unexported_model_under_onnx(retrain_bot: StartBot, tmp_path: Path) -> None:
+    # The registry check reads BACKEND; the harness's classifier stays the shared torch one.
+    bot, _ = await retrain_bot(backend="onnx")
+    current = bot.context.service.version
+    older = new_random_bundle(LabelSet.from_names(FLOWERS5_CLASSES), tmp_path / "older", seed=3)
+    await bot.repository.register_model(older.version, str(older.path))
+    await bot.repository.set_serving(older.version)
+    await bot.repository.set_serving(current)
+    previous = await bot.repository.previous_model()
+    assert previous is not None and previous.version == older.version
+
+    reply = await command(bot, ADMIN, "rollback")
+
+    expected = text("serving.unservable", "en", version=older.version, backend="onnx", path=str(older.path))
+    assert message_text(reply) == expected
+    serving = await bot.repository.serving_model()
+    assert serving is not None
+    assert serving.version == current
+    assert bot.context.service.version == current
+
+
 async def test_restart_fails_stale_run_and_tells_admin(retrain_bot: StartBot) -> None:
     bot, _ = await retrain_bot()
     bot.emulator.add_chat(ADMIN_CHAT)
@@ -406,5 +428,6 @@ async def test_invalid_recipe_file_is_rejected(retrain_bot: StartBot, tmp_path: 
     recipe.write_text(json.dumps({"epochz": 3}), encoding="utf-8")
     bot, supervisor = await retrain_bot(retrain_recipe_config=recipe)
     reply = await command(bot, ADMIN, "retrain")
-    assert message_text(reply).startswith("The retraining settings are invalid: unknown recipe key 'epochz'")
+    assert message_text(reply).startswith("The retraining settings (RETRAIN_RECIPE_CONFIG")
+    assert "Details: unknown recipe key 'epochz'" in message_text(reply)
     assert await bot.repository.latest_retrain_run() is None

@@ -6,6 +6,7 @@ stdout, which must hold JSON lines only.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -15,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from classifier.bundle import Bundle, new_random_bundle
@@ -315,3 +317,31 @@ def test_closed_stdin_cancels_job(tiny_job: RetrainJob, tmp_path: Path) -> None:
     cancelled = read_events(stdout)[-1]
     assert cancelled["event"] == "cancelled"
     assert "stdin" in cancelled["reason"]
+
+
+@pytest.mark.photos
+@pytest.mark.slow
+def test_candidate_gets_serving_onnx_export(tiny_job: RetrainJob, tmp_path: Path) -> None:
+    from classifier.backends import load_backend, unservable_reason
+    from training.export import export_bundle
+
+    export_bundle(tiny_job.serving_bundle, formats=["onnx"], samples=4)
+    # A generous tolerance makes the gate pass, so the export step runs.
+    job = dataclasses.replace(tiny_job, gate_tolerance=0.99)
+    process = start_job(job.write(tmp_path / "job.json"))
+    stdout, stderr = process.communicate(timeout=PROCESS_TIMEOUT_S)
+
+    assert process.returncode == 0, stderr[-3000:]
+    events = read_events(stdout)
+    assert {"event": "phase", "phase": "export"} in events
+    result = events[-1]
+    assert result["event"] == "result"
+    assert result["gate"]["promote"] is True
+    candidate = Bundle.load(result["bundle"])
+    assert candidate.exports["onnx"]["fit_for_serving"] is True
+    assert candidate.exports["onnx"]["opset"] == Bundle.load(job.serving_bundle).exports["onnx"]["opset"]
+    assert unservable_reason(candidate, "onnx") is None
+    backend = load_backend(candidate, "onnx")
+    logits = backend.logits(np.zeros((1, 3, 224, 224), dtype=np.float32))
+    assert logits.shape == (1, candidate.num_classes)
+

@@ -14,14 +14,17 @@ module as a child process. The job:
    model does not have) as the negatives that fit the OOD threshold;
 4. evaluates candidate and serving model on the base validation split and on
    the held-out corrections (`training.gate`);
-5. prints a final `result` event and exits 0.
+5. when the candidate passes and the serving bundle has an ONNX export, exports
+   the candidate to ONNX too, so a bot with BACKEND=onnx can serve it;
+6. prints a final `result` event and exits 0.
 
 stdout carries only JSON lines, one event each (see `training.progress` for
 the training events). Training's own `done` event is forwarded as `trained`,
 and the job adds:
 
 - `{"event": "data", ...}`: counts of the assembled data;
-- `{"event": "phase", "phase": "prepare" | "gate"}`;
+- `{"event": "phase", "phase": "prepare" | "gate" | "export"}`; "export" comes after a
+  passing gate when the serving bundle has an ONNX export (`export_like_serving`);
 - `{"event": "gate", "decision": {...}}`: the `GateDecision` as a dict;
 - `{"event": "result", "version", "bundle", "confusion_png", "gate", "data", "metrics"}`;
 - `{"event": "error", "message"}` before exit status 1;
@@ -63,6 +66,8 @@ TESTING_ENV = "FLOWERBOT_TESTING"
 # "negate_head" flips the sign of the final Linear layer, so the class the
 # trained model ranks last wins. A trained model then scores well below chance.
 SABOTAGE_MODES = ("negate_head",)
+# Base-data photos on which a candidate's ONNX export is compared with its PyTorch outputs.
+EXPORT_CHECK_SAMPLES = 16
 HEAD_LINEAR_KEYS = ("classifier.2.weight", "classifier.2.bias")
 
 EventSink = Callable[[dict[str, Any]], None]
@@ -226,7 +231,8 @@ def split_corrections(
     """Keep usable corrected photos, one label per photo, and split them into train and holdout.
 
     A photo saved more than once (same SHA-256) keeps the label of its newest
-    prediction. Labels outside `class_ids` and files that no longer exist are
+    prediction. The photos of one album (one `prediction_id`) are held out or
+    trained on together. Labels outside `class_ids` and files that no longer exist are
     skipped and counted. "Not a flower" and `unknown_species` photos are only
     deduplicated and checked for existence; they never become a class. A photo
     in both lists is kept once, as "not a flower".
@@ -252,12 +258,28 @@ def split_corrections(
                 continue
         newest[key] = example
 
+    # The photos of one album (one prediction) go to the same side, so the gate never
+    # scores a plant whose other photos trained the candidate. The side follows the
+    # smallest hash among them, which for a single photo is its own hash.
+    # NOTE: an album photo that is later sent again alone moves to that newer
+    # prediction and then follows its own hash, so it can change sides once.
+    side_keys: dict[int, str] = {}
+    for key, example in newest.items():
+        prediction_id = example.get("prediction_id")
+        if prediction_id is None:
+            continue
+        current = side_keys.get(int(prediction_id))
+        if current is None or key < current:
+            side_keys[int(prediction_id)] = key
+
     train: list[dict[str, Any]] = []
     holdout: list[dict[str, Any]] = []
     for key in sorted(newest):
         example = newest[key]
+        prediction_id = example.get("prediction_id")
+        side_key = key if prediction_id is None else side_keys[int(prediction_id)]
         entry = {"path": str(example["path"]), "label": str(example["label"])}
-        (holdout if is_held_out(key, fraction=fraction, seed=seed) else train).append(entry)
+        (holdout if is_held_out(side_key, fraction=fraction, seed=seed) else train).append(entry)
 
     negatives: dict[str, dict[str, str]] = {"not_flower": {}, "unknown_species": {}}
     for kind, rows in (("not_flower", not_flower), ("unknown_species", unknown_species)):
@@ -323,6 +345,25 @@ def apply_sabotage(bundle_dir: Path, mode: str) -> None:
     bundle.metrics = {**bundle.metrics, "sabotage": mode}
     bundle.save(bundle_dir, state_dict={key: torch.as_tensor(value) for key, value in state.items()})
     logger.warning("sabotaged candidate %s with %s (test hook)", bundle.version, mode)
+
+
+def export_like_serving(serving: Any, candidate_dir: Path, spec: Any, emit: EventSink) -> list[str]:
+    """Give the candidate the ONNX export that the serving bundle has, so the same backend can serve it.
+
+    A bot with BACKEND=onnx can only switch to a bundle with an ONNX export fit for
+    serving. The export uses the serving export's opset and is checked against the
+    candidate's own PyTorch outputs on a few base-data photos. Returns the formats written.
+    """
+    from training.export import export_bundle
+
+    entry = serving.exports.get("onnx") or {}
+    if not entry.get("fit_for_serving"):
+        return []
+    emit({"event": "phase", "phase": "export"})
+    opset = int(entry.get("opset") or 18)
+    written = export_bundle(candidate_dir, formats=["onnx"], data=spec, samples=EXPORT_CHECK_SAMPLES, opset=opset)
+    logger.info("candidate exported to ONNX (opset %d): fit for serving %s", opset, written["onnx"]["fit_for_serving"])
+    return list(written)
 
 
 def run_job(job: RetrainJob, emit: EventSink, should_stop: Callable[[], bool]) -> dict[str, Any]:
@@ -393,6 +434,8 @@ def run_job(job: RetrainJob, emit: EventSink, should_stop: Callable[[], bool]) -
         workers=recipe.workers,
     )
     emit({"event": "gate", "decision": gate.decision.to_dict()})
+    if gate.decision.promote:
+        export_like_serving(serving, job.candidate_dir, spec, emit)
     return {
         "event": "result",
         "version": candidate.version,

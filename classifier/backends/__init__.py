@@ -26,6 +26,7 @@ __all__ = [
     "available_cpus",
     "check_batch",
     "load_backend",
+    "unservable_reason",
 ]
 
 
@@ -69,6 +70,21 @@ def load_backend(
             raise ValueError(f"the onnx backend runs in fp32 only; got precision={precision!r}, use auto or fp32")
         return OnnxBackend(bundle, num_threads=num_threads)
     raise ValueError(f"unknown backend {kind!r}; expected one of {', '.join(BACKEND_KINDS)}")
+
+
+def unservable_reason(bundle: Bundle, kind: str) -> str | None:
+    """Return why backend `kind` cannot serve `bundle` from its files, or None when it can.
+
+    Only the ONNX backend needs more than the weights every bundle has: an ONNX export
+    fit for serving. Device and precision problems show only when the backend loads.
+    """
+    if kind == "onnx":
+        from classifier.backends.onnx_backend import onnx_export_problem
+
+        return onnx_export_problem(bundle)
+    if kind not in BACKEND_KINDS:
+        return f"unknown backend {kind!r}; expected one of {', '.join(BACKEND_KINDS)}"
+    return None
 
 
 def __getattr__(name: str) -> Any:

@@ -14,6 +14,26 @@ logger = logging.getLogger(__name__)
 EXPORT_HINT = "run `python -m training export --model DIR` to add an ONNX export to the bundle"
 
 
+def onnx_export_problem(bundle: Bundle) -> str | None:
+    """Return why `bundle` cannot be served by ONNX Runtime, or None when its ONNX export is usable.
+
+    Checks only the bundle's files and records, so it runs without onnxruntime.
+    """
+    entry = bundle.exports.get("onnx")
+    if not entry:
+        return f"model bundle {bundle.path} has no ONNX export; {EXPORT_HINT}"
+    if not entry.get("fit_for_serving", False):
+        return (
+            f"the ONNX export in {bundle.path} is marked unfit for serving "
+            f"(top-1 agreement {entry.get('top1_agreement')}, max logit difference {entry.get('max_abs_logit_diff')}); "
+            f"{EXPORT_HINT} again or use BACKEND=torch"
+        )
+    model_path = bundle.export_path("onnx")
+    if model_path is None or not model_path.is_file():
+        return f"the ONNX file {model_path} listed in the bundle is missing; {EXPORT_HINT}"
+    return None
+
+
 class OnnxBackend:
     """An ONNX Runtime CPU session over the file in `bundle.exports["onnx"]["file"]`."""
 
@@ -23,18 +43,10 @@ class OnnxBackend:
         except ImportError as error:
             raise RuntimeError("the onnx backend needs onnxruntime; install flowerbot with the onnx extra") from error
 
-        entry = bundle.exports.get("onnx")
-        if not entry:
-            raise RuntimeError(f"model bundle {bundle.path} has no ONNX export; {EXPORT_HINT}")
-        if not entry.get("fit_for_serving", False):
-            raise RuntimeError(
-                f"the ONNX export in {bundle.path} is marked unfit for serving "
-                f"(top-1 agreement {entry.get('top1_agreement')}, max logit difference {entry.get('max_abs_logit_diff')}); "
-                f"{EXPORT_HINT} again or use BACKEND=torch"
-            )
+        problem = onnx_export_problem(bundle)
+        if problem is not None:
+            raise RuntimeError(problem)
         model_path = bundle.export_path("onnx")
-        if model_path is None or not model_path.is_file():
-            raise RuntimeError(f"the ONNX file {model_path} listed in the bundle is missing; {EXPORT_HINT}")
 
         self.name = "onnx"
         self.precision = "fp32"
