@@ -11,7 +11,9 @@ only, so concurrent handlers need no lock.
 The album's photos are classified together by averaging their logits
 (`ClassifierService.classify_many`). One prediction row stores the album: it is
 keyed by the album's first message, and carries `media_group_id` and
-`photo_count`. A redelivered album, or a photo that arrives after its album was
+`photo_count`. Every classified photo is saved and gets a `prediction_images`
+row in album order, so /forget deletes them all and a correction trains on
+each. A redelivered album, or a photo that arrives after its album was
 answered, finds that row and gets no second answer. A `/top5` in the caption of
 any photo applies to the whole album.
 """
@@ -47,9 +49,12 @@ from bot.honesty import assess
 from bot.i18n import text
 from bot.keyboards import answer_markup
 from classifier.decode import ImageDecodeError
+from storage.repository.predictions import ImageReference
 
 if TYPE_CHECKING:
     from bot.context import BotContext
+    from classifier.service import Prediction
+    from storage.images import StoredImage
     from storage.models import Prediction as PredictionRow
 
 logger = logging.getLogger(__name__)
@@ -190,6 +195,46 @@ async def _download_all(bot: Bot, photos: Sequence[AlbumPhoto]) -> list[tuple[Al
     return [result for result in results if result is not None]
 
 
+async def _store_album(
+    bot_context: BotContext,
+    owner_id: int,
+    first: Message,
+    downloaded: Sequence[tuple[AlbumPhoto, bytes]],
+    prediction: Prediction,
+    k: int,
+) -> PredictionRow:
+    """Save the album's classified photos and store its prediction with one photo row each, in album order.
+
+    Undecodable photos were not classified and are not saved. The row's own
+    image columns name the first classified photo.
+    """
+    classified = set(prediction.image_sha256s)
+
+    def save_classified() -> list[tuple[AlbumPhoto, StoredImage]]:
+        # Runs in a worker thread: hashing and writing up to ten 20 MB files.
+        return [
+            (photo, bot_context.images.save(data, image_suffix(data)))
+            for photo, data in downloaded
+            if hashlib.sha256(data).hexdigest() in classified
+        ]
+
+    saved = await asyncio.to_thread(save_classified)
+    images = [ImageReference(photo.image.file_unique_id, str(stored.path), stored.sha256) for photo, stored in saved]
+    return await bot_context.repository.add_prediction(
+        user_id=owner_id,
+        chat_id=first.chat_id,
+        message_id=first.message_id,
+        file_unique_id=images[0].file_unique_id,
+        image_path=images[0].image_path,
+        image_sha256=images[0].image_sha256,
+        k=k,
+        media_group_id=first.media_group_id,
+        photo_count=prediction.photo_count,
+        images=images,
+        **prediction_columns(prediction),
+    )
+
+
 async def answer_album(
     bot_context: BotContext, bot: Bot, photos: Sequence[AlbumPhoto], *, lang: str
 ) -> PredictionRow | None:
@@ -230,34 +275,12 @@ async def answer_album(
             await first.reply_text(decode_error_message(error, lang), do_quote=True)
             return None
 
-        # Save the photos that were classified (undecodable ones leave no trace); the row
-        # points at the first of them.
-        classified = set(prediction.image_sha256s)
-
-        def save_classified() -> list:
-            # Runs in a worker thread: hashing and writing up to ten 20 MB files.
-            return [
-                (photo, bot_context.images.save(data, image_suffix(data)))
-                for photo, data in downloaded
-                if hashlib.sha256(data).hexdigest() in classified
-            ]
-
-        keyed_photo, stored = (await asyncio.to_thread(save_classified))[0]
         skipped = len(photos) - prediction.photo_count
-        # NOTE: the row stores one image path, so retraining from a correction of an album
-        # learns from its first classified photo only.
-        row = existing or await repository.add_prediction(
-            user_id=owner_id,
-            chat_id=chat_id,
-            message_id=first.message_id,
-            file_unique_id=keyed_photo.image.file_unique_id,
-            image_path=str(stored.path),
-            image_sha256=stored.sha256,
-            k=k,
-            media_group_id=media_group_id,
-            photo_count=prediction.photo_count,
-            **prediction_columns(prediction),
-        )
+        if existing is None:
+            row = await _store_album(bot_context, owner_id, first, downloaded, prediction, k)
+        else:
+            # An earlier handling saved the photos and stored the row, but did not send the reply.
+            row = existing
         _metrics(bot_context).record_prediction(prediction.model_version, prediction.latency_ms / 1000.0)
         if row.reply_message_id is not None:
             logger.info("prediction %d already has its reply (message %d); skipping a second reply", row.id, row.reply_message_id)

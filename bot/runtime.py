@@ -5,8 +5,9 @@
 
 `start()` upgrades the database to the newest migration and loads and warms up the
 model bundle. It then builds and starts the python-telegram-bot `Application`, publishes
-the command menus, and receives updates by long polling, or through the webhook on the
-HTTP server when WEBHOOK_URL is set. `stop()` undoes it in reverse order and lets the
+the command menus, queues the image updates a crash left unfinished (`bot.inbox`), and
+receives updates by long polling, or through the webhook on the HTTP server when
+WEBHOOK_URL is set. `stop()` undoes it in reverse order and lets the
 updates and HTTP requests in flight finish first.
 """
 
@@ -26,6 +27,7 @@ from telegram.ext import Application
 from bot.app import build_application
 from bot.commands import set_command_menus
 from bot.context import BotContext
+from bot.inbox import replay_unfinished_updates
 from bot.model_registry import choose_serving_bundle
 from bot.polling_errors import PollingErrorLog
 from bot.retrain import start_retrain_supervisor, stop_retrain_supervisor
@@ -140,6 +142,8 @@ class BotRuntime:
                 ) from None
             await set_command_menus(self._application.bot, settings.admin_ids)
             await start_retrain_supervisor(self._bot_context, self._application.bot)
+            # Before polling or the webhook, so the photos a crash cut off come first.
+            await replay_unfinished_updates(self._application, repository, max_attempts=settings.inbox_max_attempts)
             await self._application.start()
 
             if settings.http_port:

@@ -35,6 +35,10 @@ class Settings(BaseSettings):
     # Storage
     data_dir: Path = Path("./data")
     database_url: str | None = None
+    # Handlings an image update gets before a restart drops it instead of replaying it again:
+    # the first one plus the replays after crashes. It ends a loop of restarts on a photo
+    # that kills the process (out of memory, for example).
+    inbox_max_attempts: int = Field(default=3, ge=1)
 
     # Model and inference
     model_path: Path

@@ -50,13 +50,19 @@ class ImageStore:
 
         The bytes go to a temporary file in the target directory, are synced
         to disk and then renamed into place, so a crash never leaves a partial
-        image under the final name. When the file exists already it is kept.
+        image under the final name. When the file exists already it is kept,
+        and its modification time is set to now, so `python -m storage orphans`
+        (which skips young files) does not take a photo sent again for unused.
         """
         if not data:
             raise ValueError("cannot store an empty image")
         sha256 = hashlib.sha256(data).hexdigest()
         path = self.path_for(sha256, suffix)
         if path.is_file() and path.stat().st_size == len(data):
+            try:
+                os.utime(path)
+            except OSError as error:
+                logger.warning("could not update the modification time of %s: %s", path, error)
             return StoredImage(path=path, sha256=sha256, size=len(data))
 
         path.parent.mkdir(parents=True, exist_ok=True)

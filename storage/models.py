@@ -151,6 +151,7 @@ class Prediction(Base):
     # The bot's reply message, set once it is sent.
     reply_message_id: Mapped[int | None] = mapped_column(BigInteger)
     media_group_id: Mapped[str | None] = mapped_column(String(64))
+    # The first photo. Every photo, this one included, has a row in prediction_images.
     file_unique_id: Mapped[str] = mapped_column(String(128))
     image_path: Mapped[str] = mapped_column(String(1024))
     # Lowercase hex SHA-256 of the saved image bytes (64 characters).
@@ -172,6 +173,33 @@ class Prediction(Base):
         if not self.top_k:
             return None
         return str(self.top_k[0]["class_id"])
+
+
+class PredictionImage(Base):
+    """One saved photo of a prediction, so that /forget and retraining reach every photo of an album.
+
+    A single photo has one row at position 0. An album has one row per
+    classified photo, positions 0 to n-1 in the order the photos were sent.
+    The prediction's own ``image_path``, ``image_sha256`` and
+    ``file_unique_id`` repeat the position-0 row.
+    """
+
+    __tablename__ = "prediction_images"
+    __table_args__ = (
+        CheckConstraint("position >= 0", name="position"),
+        UniqueConstraint("prediction_id", "position"),
+        Index(None, "image_sha256"),
+        # /forget and `python -m storage orphans` look rows up by path.
+        Index(None, "image_path"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    prediction_id: Mapped[int] = mapped_column(ForeignKey("predictions.id", ondelete="CASCADE"))
+    position: Mapped[int] = mapped_column(Integer)
+    file_unique_id: Mapped[str] = mapped_column(String(128))
+    image_path: Mapped[str] = mapped_column(String(1024))
+    # Lowercase hex SHA-256 of the saved image bytes (64 characters).
+    image_sha256: Mapped[str] = mapped_column(String(64))
 
 
 class Correction(Base):
@@ -275,4 +303,32 @@ class RetrainRun(Base):
     metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     error: Mapped[str | None] = mapped_column(Text)
     started_at: Mapped[datetime] = mapped_column(default=utc_now)
+    finished_at: Mapped[datetime | None]
+
+
+class InboxUpdate(Base):
+    """A Telegram update with an image, stored before its handlers run so that a restart can replay it.
+
+    Telegram considers an update delivered once the bot has fetched it, so an update
+    whose handling a crash cut off would otherwise never be answered.
+    """
+
+    __tablename__ = "inbox_updates"
+    __table_args__ = (
+        # Replay looks up the unfinished rows, and pruning the old finished ones.
+        Index(None, "finished_at"),
+        # /forget deletes a person's stored updates.
+        Index(None, "user_id"),
+    )
+
+    # Telegram's update_id, not a generated key.
+    update_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    # The update as `telegram.Update.to_dict()` returns it.
+    payload: Mapped[dict[str, Any]]
+    # The sender (`Update.effective_user`), so /forget can delete the update; None when unknown.
+    user_id: Mapped[int | None] = mapped_column(BigInteger)
+    received_at: Mapped[datetime] = mapped_column(default=utc_now)
+    # How often handling has started: 1 when the update arrives, plus one per replay.
+    attempts: Mapped[int] = mapped_column(Integer, default=1)
+    # Set once the handlers have run, or when the update was given up; None until then.
     finished_at: Mapped[datetime | None]

@@ -30,6 +30,8 @@ TABLES_0002 = TABLES_0001 | {"corrections", "pending_inputs"}
 TABLES_0003 = TABLES_0002 | {"model_versions", "retrain_runs"}
 # 0004 changes constraints only.
 TABLES_0004 = TABLES_0003
+TABLES_0005 = TABLES_0004 | {"prediction_images"}
+TABLES_0006 = TABLES_0005 | {"inbox_updates"}
 
 
 async def _inspect(url: str, function):
@@ -70,22 +72,22 @@ def test_revisions_form_one_chain():
 
     revisions = [revision.revision for revision in script.walk_revisions("base", "heads")]
 
-    assert script.get_heads() == ["0004"]
-    assert revisions == ["0004", "0003", "0002", "0001"]
+    assert script.get_heads() == ["0006"]
+    assert revisions == ["0006", "0005", "0004", "0003", "0002", "0001"]
 
 
 async def test_upgrade_downgrade_upgrade(database_url):
     await _upgrade(database_url)
-    assert await _inspect(database_url, _application_tables) == TABLES_0004
-    assert await _inspect(database_url, _current_revision) == "0004"
+    assert await _inspect(database_url, _application_tables) == TABLES_0006
+    assert await _inspect(database_url, _current_revision) == "0006"
 
     await _downgrade(database_url)
     assert await _inspect(database_url, _application_tables) == set()
     assert await _inspect(database_url, _current_revision) is None
 
     await _upgrade(database_url)
-    assert await _inspect(database_url, _application_tables) == TABLES_0004
-    assert await _inspect(database_url, _current_revision) == "0004"
+    assert await _inspect(database_url, _application_tables) == TABLES_0006
+    assert await _inspect(database_url, _current_revision) == "0006"
 
 
 async def test_each_revision_adds_and_removes_its_tables(database_url):
@@ -99,6 +101,18 @@ async def test_each_revision_adds_and_removes_its_tables(database_url):
     assert await _inspect(database_url, _application_tables) == TABLES_0003
 
     await _upgrade(database_url, "0004")
+    assert await _inspect(database_url, _application_tables) == TABLES_0004
+
+    await _upgrade(database_url, "0005")
+    assert await _inspect(database_url, _application_tables) == TABLES_0005
+
+    await _upgrade(database_url, "0006")
+    assert await _inspect(database_url, _application_tables) == TABLES_0006
+
+    await _downgrade(database_url, "0005")
+    assert await _inspect(database_url, _application_tables) == TABLES_0005
+
+    await _downgrade(database_url, "0004")
     assert await _inspect(database_url, _application_tables) == TABLES_0004
 
     await _downgrade(database_url, "0003")
@@ -115,8 +129,8 @@ async def test_upgrade_twice_is_a_no_op(database_url):
     await _upgrade(database_url)
     await _upgrade(database_url)
 
-    assert await _inspect(database_url, _current_revision) == "0004"
-    assert await _inspect(database_url, _application_tables) == TABLES_0004
+    assert await _inspect(database_url, _current_revision) == "0006"
+    assert await _inspect(database_url, _application_tables) == TABLES_0006
 
 
 async def test_models_match_migrations(database_url):
@@ -168,7 +182,7 @@ async def test_upgrade_from_another_directory(database_url, tmp_path, monkeypatc
 
     await _upgrade(database_url)
 
-    assert await _inspect(database_url, _current_revision) == "0004"
+    assert await _inspect(database_url, _current_revision) == "0006"
 
 
 async def test_alembic_command_line_reads_database_url(database_url, tmp_path):
@@ -186,5 +200,5 @@ async def test_alembic_command_line_reads_database_url(database_url, tmp_path):
     )
 
     assert completed.returncode == 0, completed.stderr
-    assert await _inspect(database_url, _current_revision) == "0004"
+    assert await _inspect(database_url, _current_revision) == "0006"
 

@@ -46,6 +46,18 @@ def test_save_same_bytes_twice_keeps_one_file(tmp_path):
     assert _files_under(tmp_path) == [str(first.path.relative_to(tmp_path))]
 
 
+def test_saving_again_refreshes_modification_time(tmp_path):
+    store = ImageStore(tmp_path)
+    data = _jpeg_bytes((90, 90, 200))
+    stored = store.save(data, ".jpg")
+    day_ago = stored.path.stat().st_mtime - 86400
+    os.utime(stored.path, (day_ago, day_ago))
+
+    store.save(data, ".jpg")
+
+    assert stored.path.stat().st_mtime > day_ago + 3600
+
+
 def test_different_bytes_get_different_files(tmp_path):
     store = ImageStore(tmp_path)
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from storage.repository.base import NotFoundError, NotOwnerError, RepositoryBase, StorageError
 from storage.repository.corrections import CorrectionQueries, LabelledExample
+from storage.repository.inbox import InboxQueries
 from storage.repository.predictions import HistoryEntry, PredictionQueries
 from storage.repository.registry import RegistryQueries
 from storage.repository.users import UserQueries
@@ -31,7 +32,7 @@ __all__ = [
 ]
 
 
-class Repository(UserQueries, PredictionQueries, CorrectionQueries, RegistryQueries):
+class Repository(UserQueries, PredictionQueries, CorrectionQueries, RegistryQueries, InboxQueries):
     """Data access for flowerbot: ``Repository(session_factory)``, then await its methods.
 
     See :class:`RepositoryBase` for the retry settings.

@@ -10,7 +10,15 @@ from typing import Any, NamedTuple
 from sqlalchemy import and_, delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from storage.models import CORRECTION_KINDS, LABELLESS_CORRECTION_KINDS, Correction, PendingInput, Prediction, utc_now
+from storage.models import (
+    CORRECTION_KINDS,
+    LABELLESS_CORRECTION_KINDS,
+    Correction,
+    PendingInput,
+    Prediction,
+    PredictionImage,
+    utc_now,
+)
 from storage.repository.base import NotFoundError, NotOwnerError, RepositoryBase
 
 logger = logging.getLogger(__name__)
@@ -20,7 +28,9 @@ class LabelledExample(NamedTuple):
     """A saved photo with the label users gave it, for retraining.
 
     ``label`` is None for "not a flower" and "unknown species" examples.
-    ``created_at`` is when the prediction was made.
+    ``created_at`` is when the prediction was made. An album yields one
+    example per photo, all with the album's label, and ``position`` is the
+    photo's place in the album (0 for a single photo).
     """
 
     image_path: str
@@ -28,6 +38,7 @@ class LabelledExample(NamedTuple):
     prediction_id: int
     created_at: datetime
     image_sha256: str
+    position: int = 0
 
 
 def _validate_correction(label: str | None, kind: str) -> None:
@@ -243,17 +254,21 @@ class CorrectionQueries(RepositoryBase):
 
     async def _examples(self, operation: str, kinds: tuple[str, ...]) -> list[LabelledExample]:
         async def work(session: AsyncSession) -> list[LabelledExample]:
+            # A prediction without prediction_images rows (written around the repository)
+            # still yields its first photo from its own columns.
             statement = (
                 select(
-                    Prediction.image_path,
+                    func.coalesce(PredictionImage.image_path, Prediction.image_path),
                     Correction.label,
                     Prediction.id,
                     Prediction.created_at,
-                    Prediction.image_sha256,
+                    func.coalesce(PredictionImage.image_sha256, Prediction.image_sha256),
+                    func.coalesce(PredictionImage.position, 0),
                 )
                 .join(Correction, and_(Correction.prediction_id == Prediction.id, Correction.is_current.is_(True)))
+                .outerjoin(PredictionImage, PredictionImage.prediction_id == Prediction.id)
                 .where(Correction.kind.in_(kinds))
-                .order_by(Prediction.id)
+                .order_by(Prediction.id, PredictionImage.position)
             )
             rows = await session.execute(statement)
             return [LabelledExample(*row) for row in rows]
@@ -261,20 +276,21 @@ class CorrectionQueries(RepositoryBase):
         return await self._transaction(operation, work, write=False)
 
     async def labelled_examples(self) -> list[LabelledExample]:
-        """Return every prediction whose current correction is 'confirmed' or 'corrected', oldest first.
+        """Return every photo of the predictions whose current correction is 'confirmed' or 'corrected'.
 
-        The same photo can appear more than once when it was sent twice. Split
-        training and held-out data by ``image_sha256``, so that one photo never
-        lands in both.
+        Oldest prediction first, an album's photos in album order. The same
+        photo can appear more than once when it was sent twice. Split training
+        and held-out data by ``image_sha256``, so that one photo never lands
+        in both.
         """
         return await self._examples("labelled_examples", ("confirmed", "corrected"))
 
     async def not_flower_examples(self) -> list[LabelledExample]:
-        """Return every prediction whose current correction is 'not_flower' (``label`` is None), oldest first."""
+        """Return every photo of the predictions whose current correction is 'not_flower' (``label`` is None)."""
         return await self._examples("not_flower_examples", ("not_flower",))
 
     async def unknown_species_examples(self) -> list[LabelledExample]:
-        """Return every prediction whose current correction is 'unknown_species' (``label`` is None), oldest first.
+        """Return every photo of the predictions whose current correction is 'unknown_species' (``label`` is None).
 
         These photos show a flower of none of the model's classes. Retraining
         uses them only as out-of-distribution examples, never as a class.

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
-from sqlalchemy import and_, delete, select, update
+from sqlalchemy import and_, delete, select, union, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from storage.models import Correction, PendingInput, Prediction
+from storage.models import Correction, InboxUpdate, PendingInput, Prediction, PredictionImage
 from storage.repository.base import RepositoryBase, chunks
 
 logger = logging.getLogger(__name__)
@@ -19,11 +19,46 @@ _SHA256_PATTERN = re.compile(r"^[0-9a-f]{64}$")
 _PROBABILITY_TOLERANCE = 1e-4
 
 
+class ImageReference(NamedTuple):
+    """A saved photo of a prediction: the Telegram file id, the image store path and the SHA-256."""
+
+    file_unique_id: str
+    image_path: str
+    image_sha256: str
+
+
 class HistoryEntry(NamedTuple):
     """A prediction and its current correction, if the user gave one."""
 
     prediction: Prediction
     correction: Correction | None
+
+
+def _normalize_sha256(value: str) -> str:
+    value = value.lower()
+    if not _SHA256_PATTERN.match(value):
+        raise ValueError(f"image_sha256 must be 64 hex digits, got {value!r}")
+    return value
+
+
+def _normalize_images(
+    images: Sequence[ImageReference] | None, first: ImageReference, photo_count: int
+) -> list[ImageReference]:
+    """Return the prediction's photos with lowercase hashes, checked against its first photo and photo count."""
+    if images is None:
+        return [first]
+    images = [
+        ImageReference(str(image.file_unique_id), str(image.image_path), _normalize_sha256(image.image_sha256))
+        for image in images
+    ]
+    if not images or images[0] != first:
+        raise ValueError(
+            f"images must start with the photo given as image_path, image_sha256 and file_unique_id ({first}), "
+            f"got {images[0] if images else 'no images'}"
+        )
+    if len(images) != photo_count:
+        raise ValueError(f"photo_count is {photo_count} but {len(images)} images were given; pass every classified photo")
+    return images
 
 
 def _normalize_top_k(top_k: Iterable[Any]) -> list[dict[str, Any]]:
@@ -76,22 +111,30 @@ class PredictionQueries(RepositoryBase):
         is_ood: bool = False,
         media_group_id: str | None = None,
         photo_count: int = 1,
+        images: Sequence[ImageReference] | None = None,
     ) -> Prediction:
-        """Store a prediction and return it.
+        """Store a prediction with its photos and return it.
+
+        ``images`` lists every classified photo in the order sent, starting
+        with the one given as ``image_path``, ``image_sha256`` and
+        ``file_unique_id``, and contains ``photo_count`` entries, or
+        ValueError is raised. Without ``images`` only that one photo is stored, whatever
+        ``photo_count`` says. Each photo gets a ``prediction_images`` row in
+        the same transaction.
 
         When a prediction for ``(chat_id, message_id)`` already exists (a
-        re-delivered update), that row is returned unchanged. The user row is
-        created when missing, so the prediction is stored even if
-        :meth:`upsert_user` failed earlier. ``top_k`` takes dicts with
-        ``index``, ``class_id`` and ``probability`` or tuples in that order.
+        re-delivered update), that row is returned unchanged and no photo rows
+        are added. The user row is created when missing, so the prediction is
+        stored even if :meth:`upsert_user` failed earlier. ``top_k`` takes
+        dicts with ``index``, ``class_id`` and ``probability`` or tuples in
+        that order.
         """
-        image_sha256 = image_sha256.lower()
-        if not _SHA256_PATTERN.match(image_sha256):
-            raise ValueError(f"image_sha256 must be 64 hex digits, got {image_sha256!r}")
+        image_sha256 = _normalize_sha256(image_sha256)
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
         if photo_count < 1:
             raise ValueError(f"photo_count must be at least 1, got {photo_count}")
+        photos = _normalize_images(images, ImageReference(file_unique_id, image_path, image_sha256), photo_count)
         entries = _normalize_top_k(top_k)
 
         async def work(session: AsyncSession) -> Prediction:
@@ -120,6 +163,17 @@ class PredictionQueries(RepositoryBase):
             )
             session.add(prediction)
             await session.flush()
+            session.add_all(
+                PredictionImage(
+                    prediction_id=prediction.id,
+                    position=position,
+                    file_unique_id=photo.file_unique_id,
+                    image_path=photo.image_path,
+                    image_sha256=photo.image_sha256,
+                )
+                for position, photo in enumerate(photos)
+            )
+            await session.flush()
             return prediction
 
         return await self._transaction("add_prediction", work, write=True, conflict_retries=1)
@@ -143,6 +197,19 @@ class PredictionQueries(RepositoryBase):
             return await session.get(Prediction, prediction_id)
 
         return await self._transaction("get_prediction", work, write=False)
+
+    async def prediction_images(self, prediction_id: int) -> list[PredictionImage]:
+        """Return the saved photos of a prediction by position, or an empty list when the prediction does not exist."""
+
+        async def work(session: AsyncSession) -> list[PredictionImage]:
+            statement = (
+                select(PredictionImage)
+                .where(PredictionImage.prediction_id == prediction_id)
+                .order_by(PredictionImage.position)
+            )
+            return list(await session.scalars(statement))
+
+        return await self._transaction("prediction_images", work, write=False)
 
     async def get_prediction_by_message(self, chat_id: int, message_id: int) -> Prediction | None:
         """Return the prediction made for the user's photo message ``message_id`` in ``chat_id``."""
@@ -211,17 +278,25 @@ class PredictionQueries(RepositoryBase):
         return await self._transaction("history", work, write=False)
 
     async def forget_user(self, user_id: int) -> list[str]:
-        """Delete the user's predictions, corrections and pending inputs.
+        """Delete the user's predictions with their photo rows, corrections, pending inputs and stored updates.
 
-        Returns the image paths that no remaining prediction references; the
-        caller deletes those files. A photo that another user also sent is
-        stored once (by hash) and is not returned. The user row stays, with
-        the language choice and blocked state.
+        Returns the image paths of every photo of those predictions, album
+        photos included, that no remaining prediction references; the caller
+        deletes those files. A photo that another user also sent is stored
+        once (by hash) and is not returned while a prediction of theirs
+        references it, as its first photo or as any photo of an album. The
+        user row stays, with the language choice and blocked state.
         """
 
         async def work(session: AsyncSession) -> list[str]:
             own_predictions = select(Prediction.id).where(Prediction.user_id == user_id)
-            paths = set(await session.scalars(select(Prediction.image_path).where(Prediction.user_id == user_id)))
+            own_paths = union(
+                select(Prediction.image_path).where(Prediction.user_id == user_id),
+                select(PredictionImage.image_path).where(PredictionImage.prediction_id.in_(own_predictions)),
+            )
+            paths = set(await session.scalars(own_paths))
+            # The inbox keeps each photo update's JSON (names, file ids) until a day after it is handled.
+            await session.execute(delete(InboxUpdate).where(InboxUpdate.user_id == user_id))
 
             await session.execute(
                 delete(PendingInput).where(
@@ -233,11 +308,16 @@ class PredictionQueries(RepositoryBase):
                     (Correction.user_id == user_id) | Correction.prediction_id.in_(own_predictions)
                 )
             )
+            # The foreign key cascades too, but this delete does not rely on foreign keys being enforced.
+            await session.execute(delete(PredictionImage).where(PredictionImage.prediction_id.in_(own_predictions)))
             deleted = await session.execute(delete(Prediction).where(Prediction.user_id == user_id))
 
             still_used: set[str] = set()
             for chunk in chunks(sorted(paths)):
-                statement = select(Prediction.image_path).where(Prediction.image_path.in_(chunk)).distinct()
+                statement = union(
+                    select(Prediction.image_path).where(Prediction.image_path.in_(chunk)),
+                    select(PredictionImage.image_path).where(PredictionImage.image_path.in_(chunk)),
+                )
                 still_used.update(await session.scalars(statement))
             orphaned = sorted(paths - still_used)
             logger.info(
