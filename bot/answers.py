@@ -31,7 +31,7 @@ from bot import metrics as metrics_module
 from bot.context import BotContext
 from bot.honesty import Assessment, assess, compose_answer
 from bot.i18n import text
-from bot.keyboards import answer_markup
+from bot.keyboards import answer_markup, recorded_markup
 from classifier.decode import ImageDecodeError
 from storage.models import Prediction as PredictionRow
 
@@ -341,7 +341,16 @@ async def answer_stored(
     answer = format_answer(
         prediction.labels, ranked_candidates(prediction), lang, assessment=assess(prediction, bot_context.settings)
     )
-    markup = answer_markup(bot_context, with_top_k(row, top_k_entries(prediction), k), lang)
+    shown = with_top_k(row, top_k_entries(prediction), k)
+    correction = await bot_context.repository.current_correction(row.id)
+    if correction is None:
+        markup = answer_markup(bot_context, shown, lang)
+    else:
+        # The photo was already confirmed or corrected: show that, with "Change", as the first answer does.
+        from bot.handlers.feedback import status_line, with_status
+
+        answer = with_status(answer, status_line(bot_context, correction, lang))
+        markup = recorded_markup(bot_context, shown, lang, correction=correction)
     await reply_to.reply_text(answer, reply_markup=markup, do_quote=True)
     logger.info("prediction %d: top-%d sent again in chat %d", row.id, k, reply_to.chat_id)
     return True

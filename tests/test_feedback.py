@@ -180,6 +180,33 @@ async def test_confirm_records_top1(flowerbot: BotHarness) -> None:
     assert feedback_texts(edited) == ["Change"]
 
 
+async def test_top5_reply_follows_recorded_correction(flowerbot: BotHarness) -> None:
+    alice = Chat(flowerbot, ALICE)
+    photo = flowerbot.emulator.send_photo(alice.user, alice.chat, noise_jpeg(44))
+    answer = copy.deepcopy(await flowerbot.emulator.wait_for_reply(photo))
+    prediction = await eventually(lambda: flowerbot.repository.get_prediction_by_message(alice.chat_id, photo["message_id"]))
+    top1 = prediction.top1_class_id
+    await alice.press(answer, button(flowerbot, answer, prediction, Action.PICK, class_index(top1)))
+    await flowerbot.emulator.wait_for(lambda: STATUS_MARK in message_text(alice.current(answer)))
+
+    # /top5 as a reply to the confirmed photo shows what was recorded, with "Change".
+    command = flowerbot.emulator.send_command(alice.user, alice.chat, "top5", reply_to=photo)
+    top5 = copy.deepcopy(await flowerbot.emulator.wait_for_reply(command))
+    assert message_text(top5).endswith(f"{STATUS_MARK}Recorded: {top1} ✓")
+    assert feedback_texts(top5) == ["Change"]
+
+    # A new pick under the /top5 reply updates the first answer too.
+    await alice.press(top5, button(flowerbot, top5, prediction, Action.CHANGE))
+    choices = await flowerbot.emulator.wait_for(lambda: len(feedback_texts(alice.current(top5))) > 1 and alice.current(top5))
+    other = next(class_id for class_id in FLOWERS5_CLASSES if f"✓ {class_id}" in feedback_texts(choices) and class_id != top1)
+    assert await alice.press(choices, button(flowerbot, choices, prediction, Action.PICK, class_index(other))) == notice(
+        "feedback.notice.recorded"
+    )
+    expected = f"Recorded: {other} ✓ (corrected)"
+    await flowerbot.emulator.wait_for(lambda: message_text(alice.current(answer)).endswith(expected))
+    assert message_text(alice.current(top5)).endswith(expected)
+
+
 async def test_correct_by_button(flowerbot: BotHarness) -> None:
     alice = Chat(flowerbot, ALICE)
     answer, prediction = await alice.photo(3)

@@ -203,7 +203,8 @@ async def _show_recorded(
     """Edit the answer to show the recorded correction, with "Change" under it.
 
     `answer_message` is the answer as the callback query carried it. When the press came
-    from another message (the list of typed-name matches), the answer is edited by id.
+    from another message (the list of typed-name matches, or a /top5 reply for the same
+    photo), the first answer is edited by id as well.
     """
     status = status_line(bot_context, correction, lang)
     markup = recorded_markup(bot_context, prediction, lang, correction=correction)
@@ -212,7 +213,9 @@ async def _show_recorded(
         if parse_mode == ParseMode.HTML:
             status = html.escape(status, quote=False)
         await edit_message(answer_message, markup=markup, new_text=with_status(body, status), parse_mode=parse_mode)
-        return
+        if answer_message.message_id == prediction.reply_message_id:
+            return
+        status = status_line(bot_context, correction, lang)
     if prediction.reply_message_id is None:
         return
     # The Bot API cannot read a message's current text, so the answer is rendered again
