@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import pytest
 from sqlalchemy import inspect, update
 from sqlalchemy.engine import Connection
 
-from storage.db import create_engine, downgrade_database, new_session_factory, upgrade_database, upgrade_database_async
+from storage.db import create_engine, downgrade_database, new_session_factory, upgrade_database
 from storage.models import InboxUpdate, utc_now
 from storage.repository import Repository
 
@@ -31,13 +30,8 @@ def photo_payload(update_id: int, message_id: int) -> dict:
 
 
 @pytest.fixture
-async def repository(database_url: str) -> AsyncIterator[Repository]:
-    await upgrade_database_async(database_url)
-    engine = create_engine(database_url)
-    try:
-        yield Repository(new_session_factory(engine))
-    finally:
-        await engine.dispose()
+def repository(migrated_repository: Repository) -> Repository:
+    return migrated_repository
 
 
 async def set_finished_at(repository: Repository, update_id: int, age: timedelta) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -17,13 +16,8 @@ START = datetime(2026, 1, 1, tzinfo=timezone.utc)
 
 
 @pytest.fixture
-async def repository(database_url: str) -> AsyncIterator[Repository]:
-    await upgrade_database_async(database_url)
-    engine = create_engine(database_url)
-    try:
-        yield Repository(new_session_factory(engine))
-    finally:
-        await engine.dispose()
+def repository(migrated_repository: Repository) -> Repository:
+    return migrated_repository
 
 
 async def add_model(repository: Repository, models_dir: Path, version: str, status: str, hour: int) -> Path:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import AsyncIterator
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -14,20 +13,14 @@ from bot.model_registry import choose_serving_bundle, register_serving_bundle
 from bot.settings import Settings
 from classifier.bundle import MANIFEST_NAME, Bundle, new_random_bundle
 from classifier.labels import LabelSet
-from storage.db import create_engine, new_session_factory, upgrade_database_async
 from storage.repository import Repository
 
 CLASSES = ("daisy", "dandelion", "roses", "sunflowers", "tulips")
 
 
 @pytest.fixture
-async def repository(database_url: str) -> AsyncIterator[Repository]:
-    await upgrade_database_async(database_url)
-    engine = create_engine(database_url)
-    try:
-        yield Repository(new_session_factory(engine))
-    finally:
-        await engine.dispose()
+def repository(migrated_repository: Repository) -> Repository:
+    return migrated_repository
 
 
 @pytest.fixture(scope="module")
