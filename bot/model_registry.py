@@ -34,6 +34,15 @@ WORK_DIR_PREFIX = ".retrain-"
 SUMMARY_METRIC_KEYS = ("val_top1", "val_top5", "epochs_run", "best_epoch", "train_samples", "val_samples")
 
 
+class UnservableBundleError(Exception):
+    """The bundle at `path` loads, but the configured backend cannot serve it, for `reason`."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
 def clean_model_dir(models_dir: Path) -> list[Path]:
     """Remove what a crash can leave in the model directory and return the removed paths.
 
@@ -108,21 +117,30 @@ async def choose_serving_bundle(settings: Settings, repository: Repository) -> B
     registry contains it and serves another version (promoted by /retrain or
     chosen by /rollback), that version serves, if its files still load and
     BACKEND can serve it (BACKEND=onnx needs an ONNX export).
+
+    Raises `UnservableBundleError` without touching the registry when the bundle that
+    should serve cannot be served with BACKEND, so a failed start leaves the registry
+    as it was.
     """
     configured = await asyncio.to_thread(Bundle.load, settings.model_path)
+    configured_problem = unservable_reason(configured, settings.backend)
     known = await repository.get_model(configured.version)
     serving = await repository.serving_model()
     if known is None or serving is None or serving.version == configured.version:
+        if configured_problem is not None:
+            raise UnservableBundleError(settings.model_path, configured_problem)
         await register_serving_bundle(repository, configured)
         return configured
     try:
         chosen = await asyncio.to_thread(Bundle.load, serving.path)
     except BundleError as error:
-        logger.error("registry's serving model %s cannot be loaded (%s); serving MODEL_PATH %s instead", serving.version, error, configured.version)
-        await register_serving_bundle(repository, configured)
-        return configured
-    problem = unservable_reason(chosen, settings.backend)
+        problem = f"its files cannot be loaded ({error})"
+    else:
+        problem = unservable_reason(chosen, settings.backend)
     if problem is not None:
+        if configured_problem is not None:
+            logger.error("registry's serving model %s cannot be served with BACKEND=%s either: %s", serving.version, settings.backend, problem)
+            raise UnservableBundleError(settings.model_path, configured_problem)
         logger.error(
             "registry's serving model %s cannot be served with BACKEND=%s (%s); serving MODEL_PATH %s instead",
             serving.version, settings.backend, problem, configured.version,

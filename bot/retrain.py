@@ -489,19 +489,26 @@ class RetrainSupervisor:
             logger.info("model %s is serving in place of %s", version, previous)
             return previous, version
 
-    async def rollback(self) -> tuple[str, str]:
-        """Serve the model that served before the current one; returns (previous, new) versions.
+    async def rollback(self, version: str | None = None) -> tuple[str, str]:
+        """Serve `version`, by default the model that served before the current one; returns (previous, new) versions.
 
-        Raises RetrainError `admin_model.rollback.running` during a run and
-        `admin_model.rollback.no_previous` when there is nothing to return to.
+        Raises RetrainError `admin_model.rollback.running` during a run,
+        `admin_model.rollback.no_previous` when there is nothing to return to, and
+        `serving.unknown_version` or `serving.already_serving` for a bad `version`.
         """
         active = self._active
         if active is not None:
             raise RetrainError("admin_model.rollback.running", "a retrain is running", run_id=active.run_id)
-        target = await self.repository.previous_model()
-        if target is None:
-            raise RetrainError("admin_model.rollback.no_previous", "no previous model")
-        return await self.switch_serving(target.version)
+        if version is None:
+            target = await self.repository.previous_model()
+            if target is None:
+                raise RetrainError("admin_model.rollback.no_previous", "no previous model")
+            return await self.switch_serving(target.version)
+        if await self.repository.get_model(version) is None:
+            raise RetrainError("serving.unknown_version", f"model version {version} is not registered", version=version)
+        if version == self.bot_context.service.version:
+            raise RetrainError("serving.already_serving", f"model version {version} is serving already", version=version)
+        return await self.switch_serving(version)
 
     # Cancelling and stopping
 

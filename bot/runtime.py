@@ -28,7 +28,7 @@ from bot.app import build_application
 from bot.commands import set_command_menus
 from bot.context import BotContext
 from bot.inbox import replay_unfinished_updates
-from bot.model_registry import choose_serving_bundle
+from bot.model_registry import UnservableBundleError, choose_serving_bundle
 from bot.polling_errors import PollingErrorLog
 from bot.retrain import start_retrain_supervisor, stop_retrain_supervisor
 from bot.settings import Settings
@@ -46,6 +46,16 @@ POLL_TIMEOUT_S = 10
 
 class StartupError(Exception):
     """A setting that prevents start-up. The message is one line that names the setting and how to fix it."""
+
+
+def backend_startup_error(backend: str, model_path: Any, reason: str) -> StartupError:
+    """Return the one-line start-up error for a bundle that BACKEND cannot serve."""
+    if backend == "onnx":
+        return StartupError(
+            f"BACKEND=onnx cannot serve {model_path}: {reason}: run `python -m training export --model {model_path}` "
+            "to add an ONNX export, or set BACKEND=torch"
+        )
+    return StartupError(f"BACKEND={backend} cannot serve {model_path}: {reason}")
 
 
 def new_bundle_hint() -> str:
@@ -189,6 +199,9 @@ class BotRuntime:
             model_path = (await choose_serving_bundle(settings, repository)).path or settings.model_path
         except BundleError as error:
             raise StartupError(f"MODEL_PATH={settings.model_path} could not be loaded: {error}") from error
+        except UnservableBundleError as error:
+            logger.error("the %s backend cannot serve %s: %s", settings.backend, error.path, error.reason)
+            raise backend_startup_error(settings.backend, error.path, error.reason.split("; ")[0]) from None
         logger.info("loading model bundle %s on %s (%s backend)", model_path, settings.device, settings.backend)
         try:
             return await asyncio.to_thread(
@@ -209,13 +222,7 @@ class BotRuntime:
             # The backend cannot run this bundle with these settings, such as BACKEND=onnx
             # with a bundle that has no ONNX export, or DEVICE=cuda without CUDA.
             logger.error("the %s backend could not load %s: %s", settings.backend, model_path, error)
-            reason = str(error).split("; ")[0]
-            if settings.backend == "onnx":
-                raise StartupError(
-                    f"BACKEND=onnx cannot serve {model_path}: {reason}: run `python -m training export --model {model_path}` "
-                    "to add an ONNX export, or set BACKEND=torch"
-                ) from None
-            raise StartupError(f"BACKEND={settings.backend} cannot serve {model_path}: {reason}") from None
+            raise backend_startup_error(settings.backend, model_path, str(error).split("; ")[0]) from None
 
     async def stop(self) -> None:
         """Stop receiving updates, finish those in flight, then close the application, model and database.

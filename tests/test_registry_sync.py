@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.model_registry import choose_serving_bundle, register_serving_bundle
+from bot.model_registry import UnservableBundleError, choose_serving_bundle, register_serving_bundle
 from bot.settings import Settings
 from classifier.bundle import MANIFEST_NAME, Bundle, new_random_bundle
 from classifier.labels import LabelSet
@@ -165,3 +165,20 @@ async def test_onnx_backend_skips_unexported_registry_model(
     await repository.set_serving(second.version)
     torch_choice = await choose_serving_bundle(settings.model_copy(update={"backend": "torch"}), repository)
     assert torch_choice.version == second.version
+
+
+async def test_unservable_model_path_leaves_registry_alone(
+    repository: Repository, bundles: dict[str, Bundle], tmp_path: Path
+) -> None:
+    first, second = bundles["first"], bundles["second"]
+    await choose_serving_bundle(settings_for(first.path, tmp_path), repository)
+    # A new MODEL_PATH without an ONNX export, under BACKEND=onnx: the start fails.
+    onnx_settings = settings_for(second.path, tmp_path).model_copy(update={"backend": "onnx"})
+
+    with pytest.raises(UnservableBundleError, match="no ONNX export"):
+        await choose_serving_bundle(onnx_settings, repository)
+
+    serving = await repository.serving_model()
+    assert serving is not None
+    assert serving.version == first.version
+    assert await repository.get_model(second.version) is None

@@ -379,6 +379,30 @@ async def test_rollback_to_unexported_model_under_onnx(retrain_bot: StartBot, tm
     assert bot.context.service.version == current
 
 
+async def test_rollback_to_named_version(retrain_bot: StartBot, tmp_path: Path) -> None:
+    bot, _ = await retrain_bot()
+    current = bot.context.service.version
+    older = new_random_bundle(LabelSet.from_names(FLOWERS5_CLASSES), tmp_path / "older", seed=4)
+    oldest = new_random_bundle(LabelSet.from_names(FLOWERS5_CLASSES), tmp_path / "oldest", seed=5)
+    for bundle in (oldest, older):
+        await bot.repository.register_model(bundle.version, str(bundle.path))
+        await bot.repository.set_serving(bundle.version)
+    await bot.repository.set_serving(current)
+
+    reply = await command(bot, ADMIN, "rollback", "no-such-version")
+    assert message_text(reply) == text("serving.unknown_version", "en", version="no-such-version")
+    reply = await command(bot, ADMIN, "rollback", current)
+    assert message_text(reply) == text("serving.already_serving", "en", version=current)
+
+    # Plain /rollback would pick `older`; a version picks any registered one.
+    reply = await command(bot, ADMIN, "rollback", oldest.version)
+    assert message_text(reply) == text("admin_model.rollback.done", "en", version=oldest.version, previous=current)
+    assert bot.context.service.version == oldest.version
+    serving = await bot.repository.serving_model()
+    assert serving is not None
+    assert serving.version == oldest.version
+
+
 async def test_restart_fails_stale_run_and_tells_admin(retrain_bot: StartBot) -> None:
     bot, _ = await retrain_bot()
     bot.emulator.add_chat(ADMIN_CHAT)

@@ -202,10 +202,15 @@ async def rollback_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -
     bot_context, message, user, lang = request
     supervisor = get_supervisor(bot_context)
     current = bot_context.service.version
-    target = await bot_context.repository.previous_model()
-    target_version = target.version if target else "?"
+    # `/rollback VERSION` serves any registered version; plain /rollback the previous one.
+    requested = context.args[0].strip() if context.args else None
+    if requested:
+        target_version = requested
+    else:
+        target = await bot_context.repository.previous_model()
+        target_version = target.version if target else "?"
     try:
-        previous, version = await supervisor.rollback()
+        previous, version = await supervisor.rollback(requested or None)
     except RetrainError as error:
         logger.info("admin %d: /rollback rejected: %s", user.id, error)
         # Some RetrainErrors carry no values (a version that is not registered), so the

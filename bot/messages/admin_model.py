@@ -9,7 +9,10 @@ MESSAGES: dict[str, dict[str, str]] = {
         "zh": "用更正数据重新训练模型（管理员）",
     },
     "admin_model.command.model": {"en": "Show the serving model (admins)", "zh": "查看当前模型（管理员）"},
-    "admin_model.command.rollback": {"en": "Return to the previous model (admins)", "zh": "回退到上一个模型（管理员）"},
+    "admin_model.command.rollback": {
+        "en": "Return to the previous model, or to VERSION with /rollback VERSION (admins)",
+        "zh": "回退到上一个模型，或用 /rollback 版本号 切换到指定版本（管理员）",
+    },
     "admin_model.admins_only": {"en": "This command is for admins only.", "zh": "此命令仅限管理员使用。"},
     # /retrain
     "admin_model.retrain.usage": {
