@@ -16,6 +16,11 @@ row in album order, so /forget deletes them all and a correction trains on
 each. A redelivered album, or a photo that arrives after its album was
 answered, finds that row and gets no second answer. A `/top5` in the caption of
 any photo applies to the whole album.
+
+A confirmed /forget calls `settle_albums_for_forget`: the person's albums still
+being collected are discarded (never answered or stored), and the handler waits
+for albums already being answered to end, so the rows they store are among those
+/forget deletes.
 """
 
 from __future__ import annotations
@@ -61,6 +66,8 @@ logger = logging.getLogger(__name__)
 
 # Telegram albums hold 2-10 items (https://core.telegram.org/bots/api#sendmediagroup).
 MAX_ALBUM_PHOTOS = 10
+# How long /forget waits for an album already being answered (download, inference, store) to end.
+FORGET_WAIT_S = 60.0
 _COLLECTOR_KEY = "album_collector"
 
 AlbumKey = tuple[int, str]
@@ -81,10 +88,15 @@ class PendingAlbum:
 
     key: AlbumKey
     lang: str
+    # The person the album's prediction would belong to: the sender of its first photo.
+    owner_id: int
     photos: dict[int, AlbumPhoto] = field(default_factory=dict)
     last_added: float = field(default_factory=time.monotonic)
     closed: bool = False
+    # Set by /forget while the album is collected: it is then neither answered nor stored.
+    discarded: bool = False
     late_photos: int = 0
+    finished: asyncio.Event = field(default_factory=asyncio.Event)
 
     def ordered(self) -> list[AlbumPhoto]:
         """Return the photos in the order they were sent (by message id)."""
@@ -104,6 +116,10 @@ class AlbumCollector:
     def __len__(self) -> int:
         return len(self._albums)
 
+    def pending(self) -> list[PendingAlbum]:
+        """Return the albums being collected or answered now."""
+        return list(self._albums.values())
+
     def add(self, message: Message, image: IncomingImage, *, k: int, lang: str) -> PendingAlbum | None:
         """Add a photo to its album; return the album when this call opened it, else None.
 
@@ -116,7 +132,8 @@ class AlbumCollector:
         album = self._albums.get(key)
         opened = album is None
         if album is None:
-            album = PendingAlbum(key=key, lang=lang)
+            owner_id = message.from_user.id if message.from_user else message.chat_id
+            album = PendingAlbum(key=key, lang=lang, owner_id=owner_id)
             self._albums[key] = album
         if album.closed:
             album.late_photos += 1
@@ -135,18 +152,39 @@ class AlbumCollector:
         return album if opened else None
 
     async def wait_quiet(self, album: PendingAlbum) -> None:
-        """Wait until no photo has joined `album` for `quiet_s` seconds, then close it to new photos."""
-        while True:
+        """Wait until no photo has joined `album` for `quiet_s` seconds, or it is discarded, then close it to new photos."""
+        while not album.discarded:
             remaining = album.last_added + self.quiet_s - time.monotonic()
             if remaining <= 0:
                 break
             await asyncio.sleep(remaining)
         album.closed = True
 
+    def discard_collecting(self, owner_id: int) -> list[PendingAlbum]:
+        """Discard the owner's albums that are still collecting photos and return them.
+
+        Each stays closed to new photos until its first photo's handler reads the
+        flag and finishes it without answering.
+        """
+        discarded = [
+            album for album in self._albums.values() if album.owner_id == owner_id and not album.closed
+        ]
+        for album in discarded:
+            album.discarded = True
+            album.closed = True
+        return discarded
+
+    def answering(self, owner_id: int) -> list[PendingAlbum]:
+        """Return the owner's albums that are closed and being answered now."""
+        return [
+            album for album in self._albums.values() if album.owner_id == owner_id and album.closed and not album.discarded
+        ]
+
     def finish(self, album: PendingAlbum) -> None:
         """Forget an answered album; later photos of it find its stored prediction instead."""
         if self._albums.get(album.key) is album:
             del self._albums[album.key]
+        album.finished.set()
 
 
 def get_collector(bot_context: BotContext) -> AlbumCollector:
@@ -172,9 +210,38 @@ async def collect_album_photo(
         return None
     try:
         await collector.wait_quiet(album)
+        if album.discarded:
+            logger.info(
+                "album %s in chat %d: %d photos discarded by /forget of user %d before they were answered",
+                album.key[1], album.key[0], len(album.photos), album.owner_id,
+            )
+            return None
         return await answer_album(bot_context, bot, album.ordered(), lang=album.lang)
     finally:
         collector.finish(album)
+
+
+async def settle_albums_for_forget(bot_context: BotContext, owner_id: int, *, timeout_s: float = FORGET_WAIT_S) -> int:
+    """Prepare a confirmed /forget: discard the person's albums still being collected, wait for those being answered.
+
+    Call it before deleting the person's rows, so a prediction that an album being
+    answered stores is deleted with the rest. Returns how many albums were discarded.
+    """
+    collector = get_collector(bot_context)
+    discarded = collector.discard_collecting(owner_id)
+    for album in discarded:
+        logger.info("album %s in chat %d of user %d discarded by /forget", album.key[1], album.key[0], owner_id)
+
+    answering = collector.answering(owner_id)
+    if answering:
+        logger.info("/forget of user %d waits for %d albums being answered", owner_id, len(answering))
+        waits = asyncio.gather(*(album.finished.wait() for album in answering))
+        try:
+            await asyncio.wait_for(waits, timeout_s)
+        except TimeoutError:
+            # NOTE: an album answered after this timeout keeps its prediction until the next /forget.
+            logger.warning("/forget of user %d timed out after %.0f s waiting for albums being answered; deleting without them", owner_id, timeout_s)
+    return len(discarded)
 
 
 def _metrics(bot_context: BotContext) -> metrics_module.Metrics:

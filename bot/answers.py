@@ -314,6 +314,27 @@ async def answer_image(
     return row
 
 
+async def read_stored_images(bot_context: BotContext, row: PredictionRow) -> list[bytes]:
+    """Read every saved photo of a stored prediction in album order. A photo whose file is gone is logged and left out.
+
+    A prediction stored without `prediction_images` rows falls back to its own `image_path`.
+    """
+    images = await bot_context.repository.prediction_images(row.id)
+    paths = [image.image_path for image in images] or [row.image_path]
+
+    def read_all() -> list[bytes]:
+        # Runs in a worker thread: up to ten files of up to 20 MB each.
+        found: list[bytes] = []
+        for path in paths:
+            try:
+                found.append(bot_context.images.read(path))
+            except (OSError, ValueError) as error:
+                logger.info("prediction %d: saved image %s unavailable: %s", row.id, path, error)
+        return found
+
+    return await asyncio.to_thread(read_all)
+
+
 async def answer_stored(
     bot_context: BotContext,
     bot: Bot,
@@ -323,20 +344,22 @@ async def answer_stored(
     k: int,
     lang: str,
 ) -> bool:
-    """Classify the saved image of a stored prediction again with `k` classes and reply with the answer.
+    """Classify the saved photos of a stored prediction again with `k` classes and reply with the answer.
 
-    No new prediction is stored; the keyboard under the reply refers to `row`. Returns
-    False when the saved image is gone (after /forget, for example) and the person was told so.
+    An album's photos are classified together, as its first answer did. No new
+    prediction is stored; the keyboard under the reply refers to `row`. Returns
+    False when no saved photo is left (after /forget, for example) and the person was told so.
     """
-    try:
-        data = await asyncio.to_thread(bot_context.images.read, row.image_path)
-    except (OSError, ValueError) as error:
-        logger.info("prediction %d: saved image unavailable: %s", row.id, error)
+    photos = await read_stored_images(bot_context, row)
+    if not photos:
         await reply_to.reply_text(text("top5.image_gone", lang), do_quote=True)
         return False
 
     async with chat_action(bot, reply_to.chat_id):
-        prediction = await bot_context.service.classify(data, k)
+        if len(photos) == 1:
+            prediction = await bot_context.service.classify(photos[0], k)
+        else:
+            prediction = await bot_context.service.classify_many(photos, k)
     _metrics(bot_context).record_prediction(prediction.model_version, prediction.latency_ms / 1000.0)
     answer = format_answer(
         prediction.labels, ranked_candidates(prediction), lang, assessment=assess(prediction, bot_context.settings)
@@ -352,5 +375,5 @@ async def answer_stored(
         answer = with_status(answer, status_line(bot_context, correction, lang))
         markup = recorded_markup(bot_context, shown, lang, correction=correction)
     await reply_to.reply_text(answer, reply_markup=markup, do_quote=True)
-    logger.info("prediction %d: top-%d sent again in chat %d", row.id, k, reply_to.chat_id)
+    logger.info("prediction %d: top-%d of %d photos sent again in chat %d", row.id, k, len(photos), reply_to.chat_id)
     return True

@@ -9,6 +9,7 @@ import time
 from telegram import CallbackQuery, Message, Update, User
 from telegram.ext import Application, CallbackQueryHandler, CommandHandler, ContextTypes
 
+from bot.albums import settle_albums_for_forget
 from bot.callbacks import FORGET_ACTIONS, Action, InvalidCallback, action_pattern, get_signer
 from bot.commands import add_menu_command
 from bot.context import BotContext, get_bot_context
@@ -150,11 +151,13 @@ async def _handle_forget_press(bot_context: BotContext, query: CallbackQuery, pr
             await edit_message(message, markup=None, new_text=text("forget.expired", lang))
         return
 
+    # Albums still being collected are dropped, and rows of albums being answered are stored before the delete.
+    discarded_albums = await settle_albums_for_forget(bot_context, presser.id)
     had_predictions = await bot_context.repository.latest_prediction(presser.id) is not None
     paths = await bot_context.repository.forget_user(presser.id)
     logger.info("user %d: predictions and corrections deleted; deleting %d image files", presser.id, len(paths))
     # Answer before deleting files, which may take a while on a slow disk.
-    done = text("forget.done", lang) if had_predictions else text("forget.nothing", lang)
+    done = text("forget.done", lang) if had_predictions or discarded_albums else text("forget.nothing", lang)
     await answer_query(query, done)
     deleted = await asyncio.to_thread(_delete_files, bot_context, paths)
     logger.info("user %d: deleted %d of %d image files", presser.id, deleted, len(paths))

@@ -5,6 +5,7 @@ goes through the same pipeline. Whether it is an image is decided by decoding it
 content, not by its name or MIME type, and a file that is not an image gets a message
 saying what to send. `/top5` works in three ways: as the caption of a photo, as a reply
 to a photo (or to the bot's answer), and alone for the person's last photo in that chat.
+For an album, each of the three ranks the album's photos together, as its first answer did.
 
 Photos, files and `/top5` count against the person's RATE_LIMIT_PER_MINUTE
 (`bot.rate_limit`, each photo of an album counts). Over it, the first rejected request
@@ -95,6 +96,9 @@ async def top5_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> No
     target = message.reply_to_message
     if target is not None:
         row = await repository.get_prediction_by_message(message.chat_id, target.message_id)
+        if row is None and target.media_group_id is not None:
+            # The album's prediction is keyed by its first photo, so a reply to any other photo finds it by album.
+            row = await repository.get_prediction_by_media_group(message.chat_id, target.media_group_id)
         if row is None:
             row = await repository.get_prediction_by_reply(message.chat_id, target.message_id)
         if row is not None:
@@ -103,6 +107,7 @@ async def top5_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> No
         image = message_image(target)
         if image is not None:
             # The photo was never classified (sent before the bot ran, or by someone else in a group).
+            # NOTE: a photo of an album that is still being collected also lands here and is stored on its own.
             sender = target.from_user
             owner_id = sender.id if sender is not None and not sender.is_bot else user.id
             await answer_image(
