@@ -108,6 +108,12 @@ def assess_stored(row: Any, labels: LabelSet, settings: Any) -> Assessment | Non
     )
 
 
+def skipped_photos_line(count: int, lang: str) -> str:
+    """Return the sentence that `count` photos of an album could not be read, in singular or plural form."""
+    key = "honesty.album_skipped.one" if count == 1 else "honesty.album_skipped.other"
+    return text(key, lang, count=count)
+
+
 def compose_answer(species_lines: Sequence[str], assessment: Assessment, labels: LabelSet, lang: str) -> str:
     """Join the species lines of an answer with its album, rejection and confidence lines.
 
@@ -127,7 +133,7 @@ def compose_answer(species_lines: Sequence[str], assessment: Assessment, labels:
         name = labels.display_name(assessment.top_index, lang)
         tail.append(text(f"honesty.{assessment.level}", lang, name=name))
     if assessment.skipped_photos:
-        tail.append(text("honesty.album_skipped", lang, count=assessment.skipped_photos))
+        tail.append(skipped_photos_line(assessment.skipped_photos, lang))
 
     body = "\n".join([*head, *species_lines])
     if not tail:

@@ -15,14 +15,15 @@ Routes:
 - `POST {WEBHOOK_PATH}`: Telegram updates, only when WEBHOOK_URL is set (`bot.webhook`).
 
 Every error response is JSON `{"error": <code>, "detail": <sentence>}`. Status codes
-of `/predict`:
+of `/predict`, each 4xx counted once in `flowerbot_errors_total` with kind `http_<error>`,
+except the image decoding errors, which count as `decode_<error>`:
 
 | status | error | when |
 | --- | --- | --- |
 | 400 | `invalid_request` | `k` missing or out of range, no `file` field, malformed multipart, a gzip or deflate body that fails to decompress |
 | 400 | `empty` | the image has 0 bytes |
 | 401 | `unauthorized` | API_TOKEN is set and the bearer token is missing or wrong |
-| 413 | `payload_too_large` | the body is larger than MAX_REQUEST_BYTES |
+| 413 | `payload_too_large` | the body, as sent or decompressed, is larger than MAX_REQUEST_BYTES |
 | 415 | `not_image`, `unsupported` | the bytes are not an image format the classifier decodes |
 | 415 | `unsupported_encoding` | a Content-Encoding other than gzip, deflate or identity |
 | 422 | `truncated`, `too_large` | a damaged image, or one over the pixel limit (MAX_IMAGE_PIXELS) or the aspect-ratio limit (20:1) |
@@ -42,7 +43,7 @@ from aiohttp import web
 
 from bot import metrics as metrics_module
 from bot.metrics import Metrics
-from bot.request_body import PayloadTooLarge, RequestBodyError, read_image_body
+from bot.request_body import DecompressedTooLarge, PayloadTooLarge, RequestBodyError, read_image_body
 from classifier.decode import ImageDecodeError
 
 if TYPE_CHECKING:
@@ -232,11 +233,17 @@ async def handle_predict(request: web.Request) -> web.Response:
         return json_error(503, "not_ready", "the model is not loaded yet; retry in a few seconds")
     k = _parse_k(request, len(service.labels))
     if isinstance(k, web.Response):
+        metrics.record_error("http_invalid_request")
         return k
 
     limit = request.app[_MAX_BYTES_KEY]
     try:
         data = await read_image_body(request, limit)
+    except DecompressedTooLarge:
+        metrics.record_error("http_payload_too_large")
+        return json_error(
+            413, "payload_too_large", f"the decompressed body is larger than the limit of {limit} bytes (MAX_REQUEST_BYTES)"
+        )
     except PayloadTooLarge:
         metrics.record_error("http_payload_too_large")
         return json_error(413, "payload_too_large", f"the request body is larger than the limit of {limit} bytes (MAX_REQUEST_BYTES)")
@@ -244,6 +251,7 @@ async def handle_predict(request: web.Request) -> web.Response:
         metrics.record_error(f"http_{error.code}")
         return json_error(error.status, error.code, error.detail)
     if not data:
+        metrics.record_error("http_empty")
         return json_error(400, "empty", "the request body is empty; send the image as the body or as the multipart field 'file'")
 
     started = time.perf_counter()

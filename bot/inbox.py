@@ -13,7 +13,8 @@ raised. Commands and button presses are not recorded, because a person can simpl
 
 `replay_unfinished_updates` runs at start, before polling or the webhook takes new updates. It puts
 the unfinished updates back into the application's update queue, oldest first, and drops with a
-warning those that were already handled INBOX_MAX_ATTEMPTS times.
+warning those that were already handled INBOX_MAX_ATTEMPTS times. The sender of a dropped photo gets
+one message asking them to send it again, once per album.
 """
 
 from __future__ import annotations
@@ -28,10 +29,12 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.exc import SQLAlchemyError
-from telegram import Bot, Update
+from telegram import Bot, ReplyParameters, Update
+from telegram.error import TelegramError
 from telegram.ext import Application, SimpleUpdateProcessor
 
 from bot.handlers.photos import DOCUMENT_FILTER, PHOTO_FILTER
+from bot.i18n import language_from_code, text
 from storage.models import utc_now
 
 if TYPE_CHECKING:
@@ -228,6 +231,45 @@ def _decode(row: InboxUpdate, bot: Bot) -> Update | None:
         return None
 
 
+async def _sender_language(repository: Repository, update: Update) -> str:
+    """Return the sender's language: their /lang choice, else their client's language code."""
+    user = update.effective_user
+    if user is None:
+        return language_from_code(None)
+    try:
+        stored = await repository.get_user(user.id)
+    except DATABASE_ERRORS as error:
+        logger.error("user %d: stored language could not be read, using the client's language code: %r", user.id, error)
+        stored = None
+    if stored is not None and stored.language:
+        return stored.language
+    return language_from_code(user.language_code)
+
+
+async def notify_dropped(bot: Bot, repository: Repository, update: Update) -> bool:
+    """Send the sender of a dropped update a request to send the photo again, and return whether it went out.
+
+    A failed send is logged and not retried, because the update is already marked finished.
+    """
+    message = update.message
+    if message is None:
+        return False
+    lang = await _sender_language(repository, update)
+    try:
+        await bot.send_message(
+            message.chat_id,
+            text("inbox.dropped", lang),
+            reply_parameters=ReplyParameters(message.message_id, allow_sending_without_reply=True),
+        )
+    except TelegramError as error:
+        logger.error(
+            "dropped inbox update %d: the notice to chat %d could not be sent, not retrying: %r",
+            update.update_id, message.chat_id, error,
+        )
+        return False
+    return True
+
+
 async def replay_unfinished_updates(application: Application, repository: Repository, *, max_attempts: int) -> ReplaySummary:
     """Put the unfinished inbox updates back into `application.update_queue`, oldest first.
 
@@ -235,7 +277,8 @@ async def replay_unfinished_updates(application: Application, repository: Reposi
     new ones. It first deletes the rows finished more than INBOX_RETENTION ago. Each
     unfinished update counts one more attempt. One that had `max_attempts` already is
     dropped with a warning, because a photo that kills the process would otherwise kill
-    every restart. A database error is logged and leaves the rows for the next start.
+    every restart. Its sender gets one notice per dropped photo or album (`notify_dropped`).
+    A database error is logged and leaves the rows for the next start.
     """
     summary = ReplaySummary()
     await prune_finished_updates(repository)
@@ -249,6 +292,8 @@ async def replay_unfinished_updates(application: Application, repository: Reposi
     logger.info("found %d unfinished inbox updates from before the restart", len(rows))
 
     finished: list[int] = []
+    # Albums whose sender already got the dropped-photo notice in this replay.
+    notified_albums: set[AlbumKey] = set()
     for row in rows:
         update = _decode(row, application.bot)
         if update is None:
@@ -263,6 +308,11 @@ async def replay_unfinished_updates(application: Application, repository: Reposi
             )
             summary.dropped.append(row.update_id)
             finished.append(row.update_id)
+            key = album_key(update)
+            if key is None or key not in notified_albums:
+                if key is not None:
+                    notified_albums.add(key)
+                await notify_dropped(application.bot, repository, update)
             continue
         try:
             prediction = await stored_prediction(repository, update)

@@ -32,6 +32,10 @@ class PayloadTooLarge(Exception):
     """The request body grew past MAX_REQUEST_BYTES while it was read or decompressed."""
 
 
+class DecompressedTooLarge(PayloadTooLarge):
+    """A compressed request body within MAX_REQUEST_BYTES that decompresses to more than it."""
+
+
 class RequestBodyError(Exception):
     """A request body that cannot be used. Its `status`, `code` and `detail` form the JSON error."""
 
@@ -45,8 +49,8 @@ class RequestBodyError(Exception):
 async def read_image_body(request: web.Request, limit: int) -> bytes:
     """Return the image bytes of `request`: the raw body, or the multipart field `file`.
 
-    Raises `PayloadTooLarge` when the body, before or after decompression, exceeds
-    `limit` bytes, and `RequestBodyError` for a malformed multipart body, an unknown
+    Raises `PayloadTooLarge` when the body as sent exceeds `limit` bytes, its subclass
+    `DecompressedTooLarge` when the decompressed body does, and `RequestBodyError` for a malformed multipart body, an unknown
     Content-Encoding or a body that fails to decompress or to arrive whole.
     """
     if request.content_length is not None and request.content_length > limit:
@@ -63,6 +67,8 @@ async def read_image_body(request: web.Request, limit: int) -> bytes:
             return await _read_multipart_file(request, limit)
         # Application(client_max_size=limit) makes read() raise 413 for a longer chunked body.
         body = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise PayloadTooLarge from None
     except web.RequestPayloadError as error:
         # The chunked encoding broke off or the client sent a malformed body.
         logger.info("rejected an unreadable request body: %s", error)
@@ -92,7 +98,7 @@ def _content_encoding(request: web.Request) -> str:
 
 
 def _decompress(body: bytes, encoding: str, limit: int) -> bytes:
-    """Decompress `body`, raising `PayloadTooLarge` past `limit` output bytes."""
+    """Decompress `body`, raising `DecompressedTooLarge` past `limit` output bytes."""
     last_error: zlib.error | None = None
     for wbits in _ZLIB_WBITS[encoding]:
         decompressor = zlib.decompressobj(wbits)
@@ -100,10 +106,10 @@ def _decompress(body: bytes, encoding: str, limit: int) -> bytes:
             # max_length stops a decompression bomb after limit + 1 bytes of output.
             data = decompressor.decompress(body, limit + 1)
             if len(data) > limit or decompressor.unconsumed_tail:
-                raise PayloadTooLarge
+                raise DecompressedTooLarge
             data += decompressor.flush()
             if len(data) > limit:
-                raise PayloadTooLarge
+                raise DecompressedTooLarge
         except zlib.error as error:
             last_error = error
             continue

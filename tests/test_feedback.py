@@ -900,3 +900,18 @@ async def test_signature_binds_to_message(flowerbot: BotHarness) -> None:
     assert signer.decode(data, binding=prediction_binding(prediction)).subject == prediction.id
     with pytest.raises(InvalidCallback):
         signer.decode(data, binding=f"{prediction.chat_id}:{prediction.message_id + 1}")
+
+
+async def test_private_prompt_offers_cancel(flowerbot: BotHarness) -> None:
+    alice = Chat(flowerbot, ALICE)
+    answer, prediction = await alice.photo(46)
+    await _start_typing(flowerbot, alice, answer, prediction)
+    prompt_text = text("feedback.type_name.prompt", "en")
+    prompt = next(sent for sent in flowerbot.emulator.sent_messages(alice.chat_id) if message_text(sent) == prompt_text)
+
+    assert [entry["text"] for entry in inline_buttons(prompt)] == ["Cancel"]
+    assert await alice.press(prompt, button(flowerbot, prompt, prediction, Action.CANCEL_TYPING)) == notice(
+        "feedback.notice.typing_cancelled"
+    )
+    assert await flowerbot.repository.get_pending_input(ALICE["id"], alice.chat_id) is None
+    await flowerbot.emulator.wait_for(lambda: message_text(alice.current(prompt)) == text("feedback.type_name.cancelled", "en"))

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from bot.honesty import Assessment, ConfidenceThresholds, assess_stored, compose_answer
+from bot.honesty import Assessment, ConfidenceThresholds, assess_stored, compose_answer, skipped_photos_line
 from bot.i18n import text
 from bot.settings import Settings
 from classifier.decode import decode_image
@@ -89,8 +89,21 @@ def test_compose_album_answer() -> None:
         lines[0],
         "",
         confidence_sentence("likely", "zh", "雏菊"),
-        text("honesty.album_skipped", "zh", count=1),
+        "有 1 张照片无法读取，已略过。",
     ]
+
+
+@pytest.mark.parametrize(
+    ("count", "lang", "expected"),
+    [
+        (1, "en", "1 of the photos could not be read and was left out."),
+        (2, "en", "2 of the photos could not be read and were left out."),
+        (1, "zh", "有 1 张照片无法读取，已略过。"),
+        (3, "zh", "有 3 张照片无法读取，已略过。"),
+    ],
+)
+def test_skipped_photos_line_plural(count: int, lang: str, expected: str) -> None:
+    assert skipped_photos_line(count, lang) == expected
 
 
 def test_assess_stored_row() -> None:

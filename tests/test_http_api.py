@@ -424,6 +424,57 @@ async def test_predict_bad_compressed_body(start_server: ServerFactory, caplog: 
     assert errors == []
 
 
+async def test_predict_decompressed_over_limit(start_server: ServerFactory) -> None:
+    limit = 256 * 1024
+    server = await start_server(max_request_bytes=limit)
+    url = f"{server.base_url}/predict?k=3"
+
+    async with server.client.post(url, data=gzip.compress(b"\0" * (limit * 4)), headers={"Content-Encoding": "gzip"}) as response:
+        assert response.status == 413
+        bomb = await response.json()
+    async with server.client.post(url, data=b"\0" * (limit + 1)) as response:
+        assert response.status == 413
+        plain = await response.json()
+
+    assert_json_error(bomb, "payload_too_large")
+    assert "decompressed body" in bomb["detail"]
+    assert str(limit) in bomb["detail"]
+    assert_json_error(plain, "payload_too_large")
+    assert "decompressed" not in plain["detail"]
+
+
+async def test_predict_rejections_counted(start_server: ServerFactory) -> None:
+    limit = 256 * 1024
+    server = await start_server(max_request_bytes=limit)
+    base = f"{server.base_url}/predict"
+    image = jpeg_bytes()
+
+    async def chunked_over_limit() -> AsyncIterator[bytes]:
+        for _ in range(limit // 8192 + 2):
+            yield b"\0" * 8192
+
+    # (query, body, headers, expected status): every case is one rejection.
+    cases = [
+        ("", image, {}, 400),
+        ("?k=0", image, {}, 400),
+        ("?k=3", b"", {}, 400),
+        ("?k=3", b"\0" * (limit + 1), {}, 413),
+        ("?k=3", chunked_over_limit(), {}, 413),
+        ("?k=3", gzip.compress(b"\0" * (limit * 4)), {"Content-Encoding": "gzip"}, 413),
+        ("?k=3", image, {"Content-Encoding": "br"}, 415),
+        ("?k=3", image, {"Content-Encoding": "gzip"}, 400),
+    ]
+    for query, body, headers, status in cases:
+        async with server.client.post(f"{base}{query}", data=body, headers=headers) as response:
+            assert response.status == status, query
+
+    exposition = await scrape(server)
+    assert metric_value(exposition, "flowerbot_errors_total", {"kind": "http_invalid_request"}) == 3
+    assert metric_value(exposition, "flowerbot_errors_total", {"kind": "http_empty"}) == 1
+    assert metric_value(exposition, "flowerbot_errors_total", {"kind": "http_payload_too_large"}) == 3
+    assert metric_value(exposition, "flowerbot_errors_total", {"kind": "http_unsupported_encoding"}) == 1
+
+
 async def test_predict_token_auth(start_server: ServerFactory) -> None:
     server = await start_server(api_token=API_TOKEN)
     url = f"{server.base_url}/predict?k=3"

@@ -23,10 +23,12 @@ from telegram.ext import ContextTypes, TypeHandler
 from bot.runtime import BotRuntime
 from storage.db import create_engine, new_session_factory
 from storage.models import InboxUpdate, Prediction
-from tests.emulator import JSON, make_user
+from bot import i18n
+from tests.emulator import JSON, make_user, message_text
 from tests.fixtures.bot import BotHarness
 
 ALICE = make_user(7301, "Alice", language_code="en")
+BO = make_user(7302, "Bo", language_code="zh-hans")
 ALBUM_QUIET_S = 0.3
 # A handler group that runs before every group the bot registers.
 FIRST_GROUP = -1000
@@ -235,11 +237,64 @@ async def test_attempt_limit_drops_update(
         assert len(emulator.replies_to(message)) == 1
         assert dropped == []
     else:
-        assert emulator.replies_to(message) == []
+        notices = emulator.replies_to(message)
+        assert [message_text(notice) for notice in notices] == [i18n.text("inbox.dropped", "en")]
         assert len(dropped) == 1
         assert dropped[0].levelno == logging.WARNING
         assert str(row.update_id) in dropped[0].getMessage()
         assert await predictions_in(bot_harness, ALICE["id"]) == []
+
+
+async def drop_on_restart(harness: BotHarness, messages: list[JSON]) -> None:
+    """Mark the answered updates of `messages` unfinished at the attempt limit, as if each restart had crashed on them."""
+    for message in messages:
+        row = await inbox_row_for(harness, message)
+        await set_inbox_columns(harness, row.update_id, finished_at=None, attempts=harness.settings.inbox_max_attempts)
+
+
+async def test_dropped_album_notified_once(bot_harness: BotHarness) -> None:
+    emulator = bot_harness.emulator
+    await bot_harness.start()
+    album = emulator.send_album(BO, None, [small_jpeg(20), small_jpeg(21), small_jpeg(22)])
+    await emulator.wait_for_reply(album[0], timeout=60)
+    await bot_harness.wait_idle()
+    await bot_harness.stop()
+    await drop_on_restart(bot_harness, album)
+    sent_before = len(emulator.sent_messages(BO["id"]))
+
+    await bot_harness.start()
+    await bot_harness.wait_idle()
+    await bot_harness.stop()
+
+    notices = emulator.sent_messages(BO["id"])[sent_before:]
+    assert [message_text(notice) for notice in notices] == [i18n.text("inbox.dropped", "zh")]
+    assert notices[0]["reply_to_message"]["message_id"] in {message["message_id"] for message in album}
+    for message in album:
+        assert (await inbox_row_for(bot_harness, message)).finished_at is not None
+
+
+async def test_dropped_notice_failure_logged(bot_harness: BotHarness, caplog: pytest.LogCaptureFixture) -> None:
+    emulator = bot_harness.emulator
+    await bot_harness.start()
+    message = emulator.send_photo(ALICE, None, small_jpeg(23))
+    await emulator.wait_for_reply(message)
+    await bot_harness.wait_idle()
+    await bot_harness.stop()
+    await drop_on_restart(bot_harness, [message])
+    emulator.inject_error("sendMessage", 403, "Forbidden: bot was blocked by the user")
+    calls_before = len(emulator.calls_to("sendMessage"))
+
+    with caplog.at_level(logging.ERROR, logger="bot.inbox"):
+        await bot_harness.start()
+        await bot_harness.wait_idle()
+        await bot_harness.stop()
+
+    assert len(emulator.calls_to("sendMessage")) == calls_before + 1
+    assert len(emulator.replies_to(message)) == 1
+    assert (await inbox_row_for(bot_harness, message)).finished_at is not None
+    errors = [record.getMessage() for record in caplog.records if record.name == "bot.inbox" and record.levelno == logging.ERROR]
+    assert len(errors) == 1
+    assert "could not be sent" in errors[0]
 
 
 async def test_recording_error_still_answers(flowerbot: BotHarness, caplog: pytest.LogCaptureFixture) -> None:

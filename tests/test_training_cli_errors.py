@@ -14,6 +14,9 @@ from classifier.preprocess import Preprocessing
 from tests.test_training_data import make_image, make_image_folder
 from training.__main__ import main
 from training.data import DataSpec
+from training.engine import resolve_device
+from training.errors import InputError
+from training.retrain import error_detail
 
 TINY_FLAGS = ["--epochs", "1", "--views", "1", "--crop-size", "64", "--resize-size", "72", "--workers", "0", "--ood-synthetic", "0", "--no-progress-bar"]
 
@@ -71,6 +74,29 @@ def test_unknown_device_is_one_line(command, tmp_path, small_bundle, caplog):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("device", ["mps", "meta", "xla", "cuda:x"])
+def test_unsupported_device_type_is_one_line(device, tmp_path, small_bundle, caplog):
+    status = main(command_with_device("train", tmp_path, small_bundle, device))
+    assert status == 2
+    assert one_line_error(caplog) == f"train failed: invalid --device {device!r}; expected auto, cpu, cuda or cuda:N"
+    assert not (tmp_path / "out").exists()
+
+
+@no_cuda
+def test_retrain_device_error_names_setting():
+    with pytest.raises(InputError) as raised:
+        resolve_device("cuda", option="RETRAIN_DEVICE")
+    message = str(raised.value)
+    assert message.startswith("RETRAIN_DEVICE=cuda was requested but CUDA is not available (")
+    assert message.endswith("); use RETRAIN_DEVICE=cpu or auto")
+    assert "--device" not in message
+    assert error_detail(raised.value) == message
+
+
+def test_retrain_error_detail_keeps_other_class_names():
+    assert error_detail(RuntimeError("out of memory")) == "RuntimeError: out of memory"
+
+
 def test_bundle_records_absolute_data_directory(tmp_path, monkeypatch, capsys):
     make_image_folder(tmp_path / "work" / "data", {"a": 1, "b": 1}, val_count=1)
     monkeypatch.chdir(tmp_path / "work")

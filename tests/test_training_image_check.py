@@ -16,6 +16,7 @@ from training.data import (
     Sample,
     SkippedImages,
     UnreadableImage,
+    drop_unreadable,
     find_unreadable_images,
 )
 from training.features import run_batches
@@ -88,3 +89,20 @@ def test_run_batches_raises_one_line_by_default(tmp_path):
     message = str(caught.value)
     assert message == f"cannot decode image {empty}: the file is empty (0 bytes)"
     assert "DataLoader worker" not in message
+
+
+@pytest.mark.parametrize(("bad_count", "suffix"), [(1, ""), (2, " (1 more unreadable image)"), (4, " (3 more unreadable images)")])
+def test_strict_error_counts_others(bad_count, suffix):
+    images = [UnreadableImage(Path(f"/data/{index}.jpg"), "empty", f"cannot decode image /data/{index}.jpg") for index in range(bad_count)]
+    groups = {"train": [Sample(image.path, 0) for image in images]}
+    with pytest.raises(ImageDataError) as caught:
+        drop_unreadable(groups, images, strict=True, skipped=SkippedImages())
+    assert str(caught.value).startswith(f"cannot decode image /data/0.jpg{suffix}; ")
+
+
+def test_skipped_summary_singular(caplog):
+    skipped = SkippedImages()
+    skipped.add(UnreadableImage(Path("/data/0.jpg"), "empty", "cannot decode image /data/0.jpg"), "val")
+    with caplog.at_level(logging.WARNING, logger="training.data"):
+        skipped.log_summary()
+    assert caplog.records[-1].getMessage() == "skipped 1 unreadable image in all (val 1)"

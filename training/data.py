@@ -384,10 +384,15 @@ class SkippedImages:
     def log_summary(self) -> None:
         if self._paths:
             counts = ", ".join(f"{source} {count}" for source, count in sorted(self.by_source.items()))
-            logger.warning("skipped %d unreadable images in all (%s)", len(self._paths), counts)
+            logger.warning("skipped %d %s in all (%s)", len(self._paths), unreadable_images(len(self._paths)), counts)
 
     def to_dict(self) -> dict[str, int]:
         return dict(sorted(self.by_source.items()))
+
+
+def unreadable_images(count: int) -> str:
+    """Return "unreadable image" or "unreadable images", the form that follows the number `count`."""
+    return "unreadable image" if count == 1 else "unreadable images"
 
 
 def drop_unreadable(
@@ -410,7 +415,7 @@ def drop_unreadable(
         )
         others = len(failures) - 1
         raise ImageDataError(
-            f"{first.message}{f' ({others} more unreadable images)' if others else ''}; "
+            f"{first.message}{f' ({others} more {unreadable_images(others)})' if others else ''}; "
             f"fix or remove the file, or leave out --strict-data to skip unreadable images",
             path=first.path,
             reason=first.reason,
@@ -436,7 +441,7 @@ def check_classes_left(samples: Sequence[Sample], labels: LabelSet, *, skipped: 
     empty = [class_id for label, class_id in enumerate(labels.class_ids) if label not in present]
     if not empty:
         return
-    cause = f"after skipping {skipped} unreadable images, " if skipped else ""
+    cause = f"after skipping {skipped} {unreadable_images(skipped)}, " if skipped else ""
     too_few = f", which leaves {len(present)} of {len(labels)} classes and training needs at least 2" if len(present) < 2 else ""
     raise ImageDataError(
         f"{cause}these classes have no readable training images in {where}: {', '.join(empty)}{too_few}. "

@@ -41,30 +41,37 @@ def check_cancelled(should_stop: Callable[[], bool] | None) -> None:
 # Device and precision
 
 
-def resolve_device(requested: str = "auto") -> torch.device:
+def resolve_device(requested: str = "auto", *, option: str = "--device") -> torch.device:
     """Return CUDA when present for 'auto', else the requested device.
 
-    Raises InputError for a device string torch does not parse, and for a
-    CUDA device that this machine lacks, before any tensor is moved there.
+    Raises InputError for anything but auto, cpu, cuda and cuda:N (the
+    training code is tested on CPU and CUDA only, so mps, xla, meta and the
+    like are rejected), and for a CUDA device that this machine lacks, before
+    any tensor is moved there. `option` names the setting in those messages:
+    a command-line flag such as "--device", or an environment variable.
     """
+    # "--device cuda" for a flag, "RETRAIN_DEVICE=cuda" for an environment variable.
+    separator = " " if option.startswith("-") else "="
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(requested)
     except RuntimeError:
-        raise InputError(f"invalid --device {requested!r}; expected auto, cpu, cuda or cuda:N") from None
-    if device.type != "cuda":
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise InputError(f"invalid {option} {requested!r}; expected auto, cpu, cuda or cuda:N")
+    if device.type == "cpu":
         return device
     if not torch.cuda.is_available():
         raise InputError(
-            f"--device {requested} was requested but CUDA is not available ({cuda_unavailable_reason()}); "
-            f"use --device cpu or auto"
+            f"{option}{separator}{requested} was requested but CUDA is not available ({cuda_unavailable_reason()}); "
+            f"use {option}{separator}cpu or auto"
         )
     count = torch.cuda.device_count()
     if device.index is not None and device.index >= count:
         raise InputError(
-            f"--device {requested} was requested but this machine has {count} CUDA device(s), "
-            f"numbered from 0; use --device cuda:0 to cuda:{count - 1}, cpu or auto"
+            f"{option}{separator}{requested} was requested but this machine has {count} CUDA device(s), "
+            f"numbered from 0; use {option}{separator}cuda:0 to cuda:{count - 1}, cpu or auto"
         )
     return device
 

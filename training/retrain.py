@@ -370,12 +370,14 @@ def run_job(job: RetrainJob, emit: EventSink, should_stop: Callable[[], bool]) -
     """Run one retraining job and return the `result` event; raises on failure."""
     from classifier.bundle import Bundle
     from training.data import DataSpec
-    from training.engine import check_cancelled
+    from training.engine import check_cancelled, resolve_device
     from training.gate import run_gate
     from training.recipe import Recipe
     from training.train import train
 
     emit({"event": "phase", "phase": "prepare"})
+    # Checked here so an unusable device is reported by its setting, not by the --device flag of training.
+    resolve_device(job.device, option="RETRAIN_DEVICE")
     serving = Bundle.load(job.serving_bundle)
     class_ids = base_class_ids(job)
     if list(serving.labels.class_ids) != class_ids:
@@ -476,6 +478,29 @@ class StopFlag:
         return self._event.is_set()
 
 
+class EventWriter:
+    """Writes events as JSON lines to the supervisor's pipe; a closed pipe sets the stop flag instead of raising.
+
+    The pipe closes when the bot process dies (SIGKILL, say) during a run. The first
+    write after that raises BrokenPipeError, which stops the job as cancelled. The
+    stream is then pointed at /dev/null, so later events and the flush at exit are dropped.
+    """
+
+    def __init__(self, stream: TextIO, flag: StopFlag) -> None:
+        self.stream = stream
+        self.flag = flag
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        try:
+            self.stream.write(json.dumps(event, ensure_ascii=False, allow_nan=False, default=str) + "\n")
+            self.stream.flush()
+        except BrokenPipeError:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self.stream.fileno())
+            os.close(devnull)
+            self.flag.set("the event pipe to the bot process is closed (BrokenPipeError)")
+
+
 def install_stop_handlers(flag: StopFlag, *, watch_stdin: bool) -> None:
     def on_signal(signum: int, frame: Any) -> None:
         flag.set(f"received {signal.Signals(signum).name}")
@@ -525,16 +550,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def error_detail(error: Exception) -> str:
+    """Return the `message` of an error event: the text alone for invalid input, else prefixed with the class name."""
+    from training.errors import InputError
+
+    if isinstance(error, InputError):
+        return str(error)
+    return f"{type(error).__name__}: {error}"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     events = open_event_stream()
     logging.basicConfig(stream=sys.stderr, level=getattr(logging, args.log_level), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    def emit(event: dict[str, Any]) -> None:
-        events.write(json.dumps(event, ensure_ascii=False, allow_nan=False, default=str) + "\n")
-        events.flush()
-
     flag = StopFlag()
+    emit = EventWriter(events, flag)
     install_stop_handlers(flag, watch_stdin=args.stop_on_stdin_eof)
     try:
         job = RetrainJob.read(args.job)
@@ -563,7 +594,7 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_CANCELLED
         expected = isinstance(error, (JobError, ValueError, FileNotFoundError))
         logger.error("retrain job failed: %s", error, exc_info=not expected)
-        emit({"event": "error", "message": f"{type(error).__name__}: {error}"})
+        emit({"event": "error", "message": error_detail(error)})
         return EXIT_FAILED
     emit(result)
     logger.info("retrain run %d finished: candidate %s, promote=%s", job.run_id, result["version"], result["gate"]["promote"])

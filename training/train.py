@@ -62,6 +62,7 @@ from training.data import (
     load_splits,
     raise_unreadable,
     resolve_examples,
+    unreadable_images,
 )
 from training.distributed import DistributedContext, all_gather_objects, barrier, init_distributed
 from training.engine import (
@@ -735,7 +736,7 @@ def screen_training_data(
     skipped.log_summary()
     check_classes_left(remaining["train"] + remaining["extra"], splits.labels, skipped=len(skipped), where=where)
     if not remaining["val"]:
-        raise ImageDataError(f"after skipping {len(skipped)} unreadable images, the validation split of {where} is empty")
+        raise ImageDataError(f"after skipping {len(skipped)} {unreadable_images(len(skipped))}, the validation split of {where} is empty")
     splits = dataclasses.replace(splits, train=remaining["train"], val=remaining["val"])
     return splits, remaining["extra"], [sample.path for sample in remaining["non_flower"]]
 

@@ -518,8 +518,11 @@ async def _on_type_name(press: _Press) -> None:
 
     prompt = text("feedback.type_name.prompt", press.lang)
     if message.chat.type == ChatType.PRIVATE:
-        # In a private chat the bot receives every message, so a plain prompt is enough.
-        await press.context.bot.send_message(message.chat_id, prompt)
+        # In a private chat the bot receives every message, so the prompt needs no
+        # ForceReply and can carry the Cancel button instead.
+        await press.context.bot.send_message(
+            message.chat_id, prompt, reply_markup=cancel_typing_markup(press.bot_context, press.prediction, press.lang)
+        )
         return
     # In a group, privacy mode hides messages that do not reply to the bot. The prompt
     # replies to the person's photo, so a selective ForceReply opens the reply field for

@@ -26,7 +26,13 @@ MESSAGES: dict[str, dict[str, str]] = {
         "en": "From {count} photos together:",
         "zh": "综合 {count} 张照片：",
     },
-    "honesty.album_skipped": {
+    # Photos of an album left out: `bot.honesty.skipped_photos_line` picks `.one` for a count of 1.
+    # Chinese has no plural forms, so both keys share one sentence there.
+    "honesty.album_skipped.one": {
+        "en": "{count} of the photos could not be read and was left out.",
+        "zh": "有 {count} 张照片无法读取，已略过。",
+    },
+    "honesty.album_skipped.other": {
         "en": "{count} of the photos could not be read and were left out.",
         "zh": "有 {count} 张照片无法读取，已略过。",
     },
