@@ -961,3 +961,12 @@ async def test_pending_input_removed_with_prediction(repository, engine):
     assert await repository.get_pending_input(ALICE, ALICE) is None
     assert await _count(engine, PendingInput) == 0
     assert await _count(engine, User) == 1
+
+
+async def test_concurrent_blocks_report_one_change(migrated_repository: Repository) -> None:
+    # Creates the user, active by default.
+    assert await migrated_repository.mark_user_active(7301) is False
+    results = await asyncio.gather(*(migrated_repository.mark_user_blocked(7301) for _ in range(8)))
+    assert sum(results) == 1
+    results = await asyncio.gather(*(migrated_repository.mark_user_active(7301) for _ in range(8)))
+    assert sum(results) == 1

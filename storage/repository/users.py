@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from storage.models import LANGUAGES, User, utc_now
@@ -90,12 +91,18 @@ class UserQueries(RepositoryBase):
         """
 
         async def work(session: AsyncSession) -> bool:
-            user = await self._ensure_user(session, user_id)
-            if not user.is_active:
-                return False
-            user.is_active = False
-            user.blocked_at = utc_now()
-            return True
+            await self._ensure_user(session, user_id)
+            await session.flush()
+            # One conditional UPDATE, so two concurrent Forbidden errors cannot both see the
+            # user active: on PostgreSQL the second waits for the first's row lock and then
+            # finds is_active false.
+            changed = await session.execute(
+                update(User)
+                .where(User.id == user_id, User.is_active.is_(True))
+                .values(is_active=False, blocked_at=utc_now())
+                .execution_options(synchronize_session="fetch")
+            )
+            return changed.rowcount == 1
 
         return await self._transaction("mark_user_blocked", work, write=True, conflict_retries=1)
 
@@ -103,11 +110,14 @@ class UserQueries(RepositoryBase):
         """Mark the user active again; returns True when they were inactive."""
 
         async def work(session: AsyncSession) -> bool:
-            user = await self._ensure_user(session, user_id)
-            if user.is_active:
-                return False
-            user.is_active = True
-            user.blocked_at = None
-            return True
+            await self._ensure_user(session, user_id)
+            await session.flush()
+            changed = await session.execute(
+                update(User)
+                .where(User.id == user_id, User.is_active.is_(False))
+                .values(is_active=True, blocked_at=None)
+                .execution_options(synchronize_session="fetch")
+            )
+            return changed.rowcount == 1
 
         return await self._transaction("mark_user_active", work, write=True, conflict_retries=1)
