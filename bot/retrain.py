@@ -37,9 +37,9 @@ import shutil
 import signal
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from telegram import Bot
 from telegram.error import BadRequest, Forbidden, TelegramError
@@ -67,6 +67,8 @@ if TYPE_CHECKING:
     from storage.repository import Repository
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 RETRAIN_KEY = "retrain"
 JOB_FILE_NAME = "job.json"
@@ -569,7 +571,7 @@ class RetrainSupervisor:
 
     async def _update_run(self, active: ActiveRun, **fields: Any) -> None:
         try:
-            await self.repository.update_retrain_run(active.run_id, **fields)
+            await _finish_even_if_cancelled(self.repository.update_retrain_run(active.run_id, **fields))
         except Exception:
             # Progress bookkeeping must not end a run.
             logger.exception("retrain run %d: could not store %s", active.run_id, sorted(fields))
@@ -582,7 +584,7 @@ class RetrainSupervisor:
 
     async def _finish(self, active: ActiveRun, status: str, **fields: Any) -> None:
         try:
-            await self.repository.finish_retrain_run(active.run_id, status, **fields)
+            await _finish_even_if_cancelled(self.repository.finish_retrain_run(active.run_id, status, **fields))
         except Exception:
             logger.exception("retrain run %d: could not mark it %s", active.run_id, status)
 
@@ -640,6 +642,23 @@ class RetrainSupervisor:
 
 # ---------------------------------------------------------------------------
 # Runtime hooks
+
+
+async def _finish_even_if_cancelled(write: Awaitable[T]) -> T:
+    """Await a database write that a cancellation of the caller must not cut off.
+
+    The run's task is cancelled when the bot stops. A write cancelled halfway left its
+    SQLite connection holding the write lock, so the next write, the one that marks the
+    run failed, timed out with "database is locked". The write runs in its own task and
+    finishes. A cancellation still reaches the caller, once the write has ended.
+    """
+    task = asyncio.ensure_future(write)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            await task
+        raise
 
 
 def get_supervisor(bot_context: BotContext) -> RetrainSupervisor:
