@@ -163,7 +163,7 @@ async def json_errors_middleware(request: web.Request, handler: Handler) -> web.
 def _check_bearer_token(request: web.Request, expected: str, setting: str = "API_TOKEN") -> web.Response | None:
     """Return a 401 response unless the request carries `Authorization: Bearer <expected>`.
 
-    `setting` names the environment variable that holds the token, for the error detail.
+    `setting` names the environment variable that contains the token, for the error detail.
     """
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")

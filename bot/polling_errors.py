@@ -5,8 +5,8 @@ call forever and, without an error callback, logs a full traceback each time. It
 RetryAfter, TimedOut and InvalidToken itself and passes every other TelegramError here.
 Two processes polling with one token make Telegram reject the calls of one of them with
 409 Conflict, which filled the log with identical tracebacks. `PollingErrorLog` logs one
-line per error kind instead, with what to do, and repeats of a kind at most once per
-interval with their count.
+line per error kind instead (for a conflict, with the fix), and logs later errors of a
+kind at most once per interval, with their count.
 """
 
 from __future__ import annotations

@@ -90,8 +90,8 @@ class Settings(BaseSettings):
     retrain_device: Literal["auto", "cpu", "cuda"] = "auto"
     # Torch threads of the training process; unset leaves torch's default (every usable CPU).
     retrain_threads: int | None = Field(default=None, ge=1)
-    # Rejected and retired bundles kept on disk per status (the newest ones), besides the
-    # serving bundle and the one /rollback returns to; older ones are deleted.
+    # Newest rejected and retired bundles kept on disk per status. The serving bundle and
+    # the one /rollback returns to are always kept, and older ones are deleted.
     retrain_keep_old_models: int = Field(default=3, ge=0)
 
     @model_validator(mode="after")

@@ -44,10 +44,9 @@ def check_cancelled(should_stop: Callable[[], bool] | None) -> None:
 def resolve_device(requested: str = "auto", *, option: str = "--device") -> torch.device:
     """Return CUDA when present for 'auto', else the requested device.
 
-    Raises InputError for anything but auto, cpu, cuda and cuda:N (the
-    training code is tested on CPU and CUDA only, so mps, xla, meta and the
-    like are rejected), and for a CUDA device that this machine lacks, before
-    any tensor is moved there. `option` names the setting in those messages:
+    Raises InputError, before any tensor is moved, for a CUDA device that this
+    machine lacks and for anything but auto, cpu, cuda and cuda:N. The training
+    code is tested on CPU and CUDA only, so mps, xla, meta and the like are rejected. `option` names the setting in those messages:
     a command-line flag such as "--device", or an environment variable.
     """
     # "--device cuda" for a flag, "RETRAIN_DEVICE=cuda" for an environment variable.

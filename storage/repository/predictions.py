@@ -119,7 +119,7 @@ class PredictionQueries(RepositoryBase):
         with the one given as ``image_path``, ``image_sha256`` and
         ``file_unique_id``, and contains ``photo_count`` entries, or
         ValueError is raised. Without ``images`` only that one photo is stored, whatever
-        ``photo_count`` says. Each photo gets a ``prediction_images`` row in
+        the value of ``photo_count``. Each photo gets a ``prediction_images`` row in
         the same transaction.
 
         When a prediction for ``(chat_id, message_id)`` already exists (a

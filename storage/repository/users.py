@@ -91,8 +91,8 @@ class UserQueries(RepositoryBase):
         """
 
         async def work(session: AsyncSession) -> bool:
+            # _ensure_user flushes a new row, so the UPDATE below finds it.
             await self._ensure_user(session, user_id)
-            await session.flush()
             # One conditional UPDATE, so two concurrent Forbidden errors cannot both see the
             # user active: on PostgreSQL the second waits for the first's row lock and then
             # finds is_active false.
@@ -110,8 +110,8 @@ class UserQueries(RepositoryBase):
         """Mark the user active again; returns True when they were inactive."""
 
         async def work(session: AsyncSession) -> bool:
+            # _ensure_user flushes a new row, so the UPDATE below finds it.
             await self._ensure_user(session, user_id)
-            await session.flush()
             changed = await session.execute(
                 update(User)
                 .where(User.id == user_id, User.is_active.is_(False))
